@@ -1,0 +1,401 @@
+// The upload page: files go from the browser straight to S3 through the
+// pre-signed POST form the server hands out; the server only sees small JSON.
+
+const config = JSON.parse(document.getElementById("upload-config").textContent);
+const queue = document.getElementById("queue");
+const gallery = document.getElementById("gallery");
+const announcer = document.getElementById("announcer");
+const loadMore = document.getElementById("load-more");
+const FINAL = new Set(["ready", "rejected", "failed", "expired"]);
+
+const MESSAGES = {
+  too_large: "This file is larger than the limit.",
+  type_not_allowed: "This kind of file is not accepted.",
+  invalid_filename: "This file name cannot be used.",
+  invalid: "The request was not valid.",
+  not_authenticated: "Your session has ended: sign in again.",
+  csrf_failed: "The page is out of date: reload it.",
+  not_found: "This upload no longer exists.",
+  not_uploaded: "Storage has not received the file.",
+};
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+async function api(url, { method = "GET", body } = {}) {
+  const response = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return { ok: true, data: null };
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = (data && data.error) || { code: "server", message: `Server error (${response.status}).` };
+    return { ok: false, status: response.status, error };
+  }
+  return { ok: true, data };
+}
+
+function announce(text) {
+  announcer.textContent = text;
+}
+
+export function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function statusLabel(status) {
+  return {
+    pending: "Waiting",
+    uploading: "Uploading",
+    processing: "Processing…",
+    ready: "Ready",
+    rejected: "Rejected",
+    failed: "Failed",
+    expired: "Expired",
+    cancelled: "Cancelled",
+    error: "Error",
+  }[status] || status;
+}
+
+// --- One row per file being uploaded ---
+
+class UploadRow {
+  constructor(file) {
+    this.file = file;
+    this.upload = null;
+    this.xhr = null;
+    this.pollTimer = null;
+    const id = `row-${crypto.randomUUID()}`;
+    this.progress = element("progress", { max: "100", value: "0", "aria-labelledby": `${id}-name` });
+    this.percent = element("span", { class: "percent", text: "0 %" });
+    this.speed = element("span", { class: "speed" });
+    this.status = element("span", { class: "status", text: statusLabel("pending") });
+    this.message = element("span", { class: "message" });
+    this.cancelButton = element("button", { type: "button", text: "Cancel" });
+    this.retryButton = element("button", { type: "button", text: "Retry", hidden: "" });
+    this.preview = element("span", { class: "preview" });
+    this.cancelButton.addEventListener("click", () => this.cancel());
+    this.retryButton.addEventListener("click", () => this.retry());
+    this.node = element(
+      "li",
+      { class: "row", id, "data-state": "pending" },
+      this.preview,
+      element(
+        "div",
+        { class: "details" },
+        element("span", { class: "name", id: `${id}-name`, text: file.name }),
+        element("span", { class: "size", text: formatBytes(file.size) }),
+        element("div", { class: "bar" }, this.progress, this.percent, this.speed),
+        element("div", {}, this.status, " ", this.message),
+      ),
+      element("div", { class: "actions" }, this.cancelButton, this.retryButton),
+    );
+    queue.prepend(this.node);
+  }
+
+  setState(state, message = "") {
+    this.node.dataset.state = state;
+    this.status.textContent = statusLabel(state);
+    this.message.textContent = message;
+    const retryable = ["error", "cancelled", "failed"].includes(state);
+    this.retryButton.hidden = !retryable;
+    this.cancelButton.hidden = !["pending", "uploading", "uploaded"].includes(state);
+    if (state !== "uploading") this.speed.textContent = "";
+    announce(`${this.file.name}: ${statusLabel(state)}${message ? `. ${message}` : ""}`);
+  }
+
+  checkLocally() {
+    if (!(this.file.type in config.allowedTypes)) {
+      const allowed = Object.values(config.allowedTypes).join(", ");
+      return `This kind of file is not accepted. Allowed: ${allowed}.`;
+    }
+    if (this.file.size > config.maxBytes) {
+      return `This file is ${formatBytes(this.file.size)}; the limit is ${formatBytes(config.maxBytes)}.`;
+    }
+    if (this.file.size === 0) return "This file is empty.";
+    return null;
+  }
+
+  async start() {
+    const problem = this.checkLocally();
+    if (problem) {
+      this.setState("rejected", problem);
+      this.retryButton.hidden = true;
+      return;
+    }
+    this.setState("pending", "Preparing…");
+    const result = await api(config.uploadsUrl, {
+      method: "POST",
+      body: { filename: this.file.name, content_type: this.file.type, size: this.file.size },
+    });
+    if (!result.ok) {
+      const message = result.error.message || MESSAGES[result.error.code] || "The upload was refused.";
+      const permanent = ["too_large", "type_not_allowed", "invalid_filename", "invalid"];
+      this.setState(permanent.includes(result.error.code) ? "rejected" : "error", message);
+      if (permanent.includes(result.error.code)) this.retryButton.hidden = true;
+      return;
+    }
+    this.upload = result.data.upload;
+    this.node.dataset.uploadId = this.upload.id;
+    this.send(result.data.url, result.data.fields);
+  }
+
+  send(url, fields) {
+    const form = new FormData();
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    form.append("file", this.file); // S3 ignores every field after the file
+    const xhr = new XMLHttpRequest();
+    this.xhr = xhr;
+    const started = performance.now();
+    xhr.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      const percent = Math.floor((event.loaded / event.total) * 100);
+      this.progress.value = percent;
+      this.percent.textContent = `${percent} %`;
+      const seconds = (performance.now() - started) / 1000;
+      if (seconds > 0.2) this.speed.textContent = `${formatBytes(event.loaded / seconds)}/s`;
+    });
+    xhr.addEventListener("load", () => {
+      this.xhr = null;
+      if (xhr.status >= 200 && xhr.status < 300) {
+        this.progress.value = 100;
+        this.percent.textContent = "100 %";
+        this.complete();
+      } else {
+        this.setState("error", `Storage refused the file (${xhr.status}).`);
+      }
+    });
+    xhr.addEventListener("error", () => {
+      this.xhr = null;
+      this.setState("error", "The connection to storage failed.");
+    });
+    xhr.addEventListener("abort", () => {
+      this.xhr = null;
+      this.setState("cancelled", "");
+    });
+    xhr.open("POST", url);
+    xhr.send(form);
+    this.setState("uploading");
+  }
+
+  async complete() {
+    this.setState("uploaded", "Checking…");
+    this.node.dataset.state = "uploaded";
+    const result = await api(`${config.uploadsUrl}${this.upload.id}/complete`, { method: "POST" });
+    if (result.ok) this.show(result.data);
+    // Even if this call failed, S3's own event will move the upload on.
+    this.poll(250);
+  }
+
+  poll(delay) {
+    clearTimeout(this.pollTimer);
+    this.pollTimer = setTimeout(async () => {
+      const result = await api(`${config.uploadsUrl}${this.upload.id}/`);
+      if (!result.ok) {
+        if (result.status === 404) return this.setState("error", MESSAGES.not_found);
+        return this.poll(Math.min(delay * 2, 5000));
+      }
+      const changed = this.show(result.data);
+      if (!FINAL.has(result.data.status)) this.poll(changed ? 250 : Math.min(delay * 1.5, 2000));
+    }, delay);
+  }
+
+  show(upload) {
+    const changed = !this.upload || upload.status !== this.upload.status;
+    this.upload = upload;
+    if (!changed && this.node.dataset.state === upload.status) return false;
+    this.setState(upload.status, upload.error || "");
+    if (upload.status === "ready") {
+      this.preview.replaceChildren(thumbnailFor(upload));
+      notifications.refreshSoon();
+      galleryItems.upsert(upload);
+    } else if (FINAL.has(upload.status)) {
+      notifications.refreshSoon();
+    }
+    return true;
+  }
+
+  cancel() {
+    if (this.xhr) this.xhr.abort();
+    clearTimeout(this.pollTimer);
+    if (this.upload && this.upload.status === "pending") {
+      api(`${config.uploadsUrl}${this.upload.id}/`, { method: "DELETE" });
+    }
+  }
+
+  async retry() {
+    if (this.upload && ["pending", "failed"].includes(this.upload.status)) {
+      await api(`${config.uploadsUrl}${this.upload.id}/`, { method: "DELETE" });
+    }
+    this.upload = null;
+    this.progress.value = 0;
+    this.percent.textContent = "0 %";
+    this.start();
+  }
+}
+
+function thumbnailFor(upload) {
+  const thumb = upload.thumbnails.find((t) => t.name === "256") || upload.thumbnails[0];
+  if (thumb) {
+    return element("img", {
+      src: thumb.url,
+      alt: `Thumbnail of ${upload.filename}`,
+      width: String(thumb.width),
+      height: String(thumb.height),
+      loading: "lazy",
+    });
+  }
+  return element("span", { class: "file-icon", text: upload.content_type.split("/")[1].toUpperCase() });
+}
+
+// --- The user's earlier uploads ---
+
+const galleryItems = {
+  nodes: new Map(),
+  next: config.uploadsUrl,
+
+  render(upload) {
+    const remove = element("button", { type: "button", class: "link", text: "Delete" });
+    remove.setAttribute("aria-label", `Delete ${upload.filename}`);
+    remove.addEventListener("click", async () => {
+      if (!confirm(`Delete ${upload.filename}?`)) return;
+      const result = await api(`${config.uploadsUrl}${upload.id}/`, { method: "DELETE" });
+      if (result.ok || result.status === 404) {
+        this.nodes.get(upload.id)?.remove();
+        this.nodes.delete(upload.id);
+        announce(`${upload.filename} deleted`);
+      }
+    });
+    const link = upload.url
+      ? element("a", { href: upload.url, target: "_blank", rel: "noopener" }, thumbnailFor(upload))
+      : thumbnailFor(upload);
+    return element(
+      "li",
+      { class: "tile", "data-status": upload.status, "data-upload-id": upload.id },
+      link,
+      element("span", { class: "name", text: upload.filename }),
+      element("span", { class: "status", text: statusLabel(upload.status) }),
+      upload.error ? element("span", { class: "message", text: upload.error }) : "",
+      remove,
+    );
+  },
+
+  upsert(upload, append = false) {
+    const node = this.render(upload);
+    const existing = this.nodes.get(upload.id);
+    if (existing) existing.replaceWith(node);
+    else if (append) gallery.append(node);
+    else gallery.prepend(node);
+    this.nodes.set(upload.id, node);
+  },
+
+  async loadNext() {
+    if (!this.next) return;
+    const result = await api(this.next);
+    if (!result.ok) return;
+    for (const upload of result.data.results) this.upsert(upload, true);
+    this.next = result.data.next;
+    loadMore.hidden = !this.next;
+  },
+};
+
+// --- Notifications in the header ---
+
+const notifications = {
+  timer: null,
+  delay: 3000,
+  badge: document.getElementById("unread-count"),
+  label: document.getElementById("unread-label"),
+
+  async refresh() {
+    const result = await api(config.notificationsUrl);
+    if (result.ok) {
+      const unread = result.data.unread;
+      this.badge.textContent = String(unread);
+      this.badge.hidden = unread === 0;
+      const latest = result.data.results.find((n) => !n.read);
+      this.label.textContent = unread
+        ? `${unread} new: ${latest ? latest.message : ""}`
+        : "No new notifications";
+    }
+    this.schedule(Math.min(this.delay * 1.5, 30000));
+  },
+
+  schedule(delay) {
+    this.delay = delay;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh(), delay);
+  },
+
+  refreshSoon() {
+    this.schedule(100);
+    this.delay = 3000;
+  },
+
+  async markRead() {
+    await api(config.notificationsReadUrl, { method: "POST", body: {} });
+    this.refreshSoon();
+  },
+};
+
+// --- Wiring ---
+
+function addFiles(fileList) {
+  for (const file of fileList) new UploadRow(file).start();
+}
+
+const dropzone = document.getElementById("dropzone");
+const input = document.getElementById("file-input");
+input.addEventListener("change", () => {
+  addFiles(input.files);
+  input.value = "";
+});
+for (const type of ["dragenter", "dragover"]) {
+  dropzone.addEventListener(type, (event) => {
+    event.preventDefault();
+    dropzone.classList.add("over");
+  });
+}
+for (const type of ["dragleave", "drop"]) {
+  dropzone.addEventListener(type, () => dropzone.classList.remove("over"));
+}
+dropzone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  addFiles(event.dataTransfer.files);
+});
+loadMore.addEventListener("click", () => galleryItems.loadNext());
+document.getElementById("notifications")?.addEventListener("click", () => notifications.markRead());
+
+document.getElementById("limits").textContent =
+  `Up to ${formatBytes(config.maxBytes)} each: ${Object.values(config.allowedTypes).join(", ")}.`;
+galleryItems.loadNext();
+notifications.refresh();

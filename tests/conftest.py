@@ -1,0 +1,163 @@
+"""Shared fixtures: the embedded S3/SQS endpoint, users, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+from tests.environment import AWS_PORT, TEST_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_endpoint() -> Iterator[str]:
+    """moto's server over HTTP, provisioned exactly as production is."""
+    import logging
+
+    from django.core.management import call_command
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=AWS_PORT, verbose=False)
+    server.start()
+    call_command("setup_storage", stdout=open(os.devnull, "w"))
+    yield TEST_ENV["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-1234")
+
+
+@pytest.fixture
+def other_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw-bob-1234")
+
+
+@pytest.fixture
+def alice(client: Any, user: Any) -> Any:
+    """A test client signed in as alice."""
+    client.force_login(user)
+    return client
+
+
+def data_file(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def post_to_s3(start: dict[str, Any], body: bytes, filename: str = "file") -> Any:
+    """Upload like a browser does: multipart POST of the form fields, then the file."""
+    import requests
+
+    return requests.post(
+        start["url"], data=start["fields"], files={"file": (filename, body)}, timeout=30
+    )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {condition}")
+        time.sleep(interval)
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Processes:
+    """Child processes of the real system, sharing the test database."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        return self.start(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO",
+             "-Q", "images,notifications", "--concurrency", "2",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        )
+
+    def start_consumer(self) -> subprocess.Popen[bytes]:
+        return self.start("consumer", [sys.executable, "manage.py", "consume_s3_events", "--wait", "2"])
+
+    def stop(self, name: str, sig: int = 15) -> None:
+        import signal
+
+        process = self.running.pop(name, None)
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+@pytest.fixture(scope="session")
+def pipeline(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Processes]:
+    """A real Celery worker and the S3 event consumer, as separate processes."""
+    with django_db_blocker.unblock():
+        database_url = _database_url()
+    mail_dir = tmp_path_factory.mktemp("mail")
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "DATABASE_URL": database_url,
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(mail_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    processes = Processes(env, tmp_path_factory.mktemp("logs"))
+    processes.mail_dir = mail_dir  # type: ignore[attr-defined]
+    processes.start_worker()
+    processes.start_consumer()
+    wait_for(lambda: "ready." in processes.log("worker"), timeout=60)
+    yield processes
+    processes.stop_all()

@@ -1,0 +1,34 @@
+"""Test environment, set before Django reads its settings.
+
+Loaded as a pytest plugin (`-p tests.environment` in pyproject.toml), which
+pytest imports before pytest-django configures Django, so every part of the
+system, in the test process or in a child process, talks to the same embedded
+endpoint on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+AWS_PORT = _free_port()
+TEST_ENV = {
+    "DEBUG": "true",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{AWS_PORT}",
+    "AWS_STORAGE_BUCKET_NAME": "test-uploads",
+    "CELERY_QUEUE_PREFIX": f"test{os.getpid()}-",
+    "CELERY_TASK_TIME_LIMIT": "20",
+    # Short, so a task lost with a killed worker comes back quickly.
+    "CELERY_BROKER_VISIBILITY_TIMEOUT": "8",
+    "S3_EVENTS_VISIBILITY_TIMEOUT": "5",
+    "UPLOAD_CORS_ORIGINS": "*",
+    "LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.test import Client
+from PIL import Image
+
+from tests.conftest import post_to_s3
+from uploads import s3
+from uploads.models import Status, Upload
+
+pytestmark = pytest.mark.django_db
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def start(client: Client, **body: Any) -> Any:
+    return client.post("/api/uploads/", json.dumps(body), content_type="application/json")
+
+
+def start_jpeg(client: Client, data: bytes, filename: str = "photo.jpg") -> dict[str, Any]:
+    response = start(client, filename=filename, content_type="image/jpeg", size=len(data))
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def error_code(response: Any) -> str:
+    return str(response.json()["error"]["code"])
+
+
+def test_start_returns_a_sigv4_form_bound_to_key_type_and_size(alice: Client) -> None:
+    response = start(alice, filename="holiday.jpg", content_type="image/jpeg", size=12345)
+
+    assert response.status_code == 201
+    body = response.json()
+    upload = Upload.objects.get(pk=body["id"])
+    assert upload.status == Status.PENDING
+    assert upload.key.startswith("uploads/") and upload.key.endswith(".jpg")
+    assert "holiday" not in upload.key
+    fields = body["fields"]
+    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+    assert fields["key"] == upload.key
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert {"bucket": settings.AWS_STORAGE_BUCKET_NAME} in conditions
+    assert {"key": upload.key} in conditions
+    assert {"Content-Type": "image/jpeg"} in conditions
+    assert ["content-length-range", 12345, 12345] in conditions
+    assert {"x-amz-algorithm": "AWS4-HMAC-SHA256"} in conditions
+    assert body["upload"]["status"] == "pending"
+    assert body["expires_at"] > body["upload"]["created_at"]
+
+
+def test_keys_are_unique_and_never_built_from_the_filename(alice: Client) -> None:
+    keys = {
+        start_jpeg(alice, b"x" * 10, filename="../../etc/passwd.jpg")["fields"]["key"]
+        for _ in range(5)
+    }
+    assert len(keys) == 5
+    assert all(".." not in key and "passwd" not in key for key in keys)
+    assert Upload.objects.filter(filename="passwd.jpg").count() == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"filename": "big.jpg", "content_type": "image/jpeg", "size": 10**12}, "too_large"),
+        ({"filename": "page.html", "content_type": "text/html", "size": 10}, "type_not_allowed"),
+        ({"filename": "x.exe", "content_type": "application/x-msdownload", "size": 10}, "type_not_allowed"),
+        ({"filename": "///", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+        ({"filename": "\x00\x01", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+        ({"filename": "a" * 300 + ".jpg", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+        ({"filename": "a.jpg", "content_type": "image/jpeg", "size": -1}, "invalid"),
+        ({"filename": "a.jpg", "content_type": "image/jpeg", "size": 0}, "invalid"),
+        ({"filename": "a.jpg", "content_type": "image/jpeg"}, "invalid"),
+        ({"filename": "a.jpg", "content_type": "image/jpeg", "size": "many"}, "invalid"),
+        ({"content_type": "image/jpeg", "size": 10}, "invalid"),
+    ],
+)
+def test_start_refuses_bad_input_with_a_code(alice: Client, body: dict[str, Any], code: str) -> None:
+    response = start(alice, **body)
+    assert response.status_code == 400
+    assert error_code(response) == code
+    assert response.json()["error"]["message"]
+    assert not Upload.objects.exists()
+
+
+def test_start_refuses_malformed_json(alice: Client) -> None:
+    for payload in ("{not json", "[1, 2]", ""):
+        response = alice.post("/api/uploads/", payload, content_type="application/json")
+        assert response.status_code == 400
+        assert error_code(response) == "invalid"
+    assert not Upload.objects.exists()
+
+
+def test_filename_is_sanitized_for_display(alice: Client) -> None:
+    body = start_jpeg(alice, b"x", filename="C:\\Users\\me\\  my\tphoto\u0007 .jpg")
+    assert body["upload"]["filename"] == "my photo .jpg"
+
+
+def test_anonymous_users_are_refused(client: Client) -> None:
+    assert start(client, filename="a.jpg", content_type="image/jpeg", size=1).status_code == 401
+    assert client.get("/api/uploads/").status_code == 401
+    assert client.get("/api/notifications/").status_code == 401
+    assert client.get("/").status_code == 302
+
+
+def test_post_without_csrf_token_is_refused(user: Any) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = start(client, filename="a.jpg", content_type="image/jpeg", size=1)
+    assert response.status_code == 403
+    assert error_code(response) == "csrf_failed"
+
+    client.get("/")  # sets the csrftoken cookie, as the page does
+    token = client.cookies["csrftoken"].value
+    response = client.post(
+        "/api/uploads/",
+        json.dumps({"filename": "a.jpg", "content_type": "image/jpeg", "size": 1}),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert response.status_code == 201
+
+
+def test_upload_straight_to_s3_then_complete(alice: Client) -> None:
+    data = jpeg_bytes()
+    body = start_jpeg(alice, data)
+
+    assert post_to_s3(body, data).status_code == 204
+    response = alice.post(f"/api/uploads/{body['id']}/complete")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "processing"
+    upload = Upload.objects.get(pk=body["id"])
+    assert upload.verified_size == len(data)
+    assert upload.etag
+    # The second call (or the S3 event arriving later) changes nothing.
+    again = alice.post(f"/api/uploads/{body['id']}/complete")
+    assert again.json()["status"] == "processing"
+    assert Upload.objects.get(pk=body["id"]).uploaded_at == upload.uploaded_at
+
+
+def test_complete_before_the_file_arrives_is_a_conflict(alice: Client) -> None:
+    body = start_jpeg(alice, b"12345")
+    response = alice.post(f"/api/uploads/{body['id']}/complete")
+    assert response.status_code == 409
+    assert error_code(response) == "not_uploaded"
+    assert Upload.objects.get(pk=body["id"]).status == Status.PENDING
+
+
+def test_file_larger_than_declared_is_rejected_on_complete(alice: Client) -> None:
+    # moto's server does not enforce the policy's content-length-range, so the
+    # server must check the size itself.
+    body = start_jpeg(alice, b"12345")
+    assert post_to_s3(body, b"1234567890").status_code == 204
+
+    response = alice.post(f"/api/uploads/{body['id']}/complete")
+
+    assert response.json()["status"] == "rejected"
+    assert "10 bytes" in response.json()["error"]
+    assert s3.head(Upload.objects.get(pk=body["id"]).key) is None
+
+
+def test_detail_has_signed_urls_and_the_bucket_stays_private(alice: Client) -> None:
+    data = jpeg_bytes()
+    body = start_jpeg(alice, data)
+    post_to_s3(body, data)
+    detail = alice.post(f"/api/uploads/{body['id']}/complete").json()
+
+    assert "X-Amz-Signature=" in detail["url"] and "X-Amz-Expires=" in detail["url"]
+    assert requests.get(detail["url"], timeout=10).content == data
+
+
+def test_list_is_newest_first_and_paginated(alice: Client, user: Any, settings: Any) -> None:
+    settings.UPLOAD_PAGE_SIZE = 2
+    ids = [start_jpeg(alice, b"x", filename=f"{n}.jpg")["id"] for n in range(5)]
+
+    seen = []
+    url = "/api/uploads/"
+    while url:
+        page = alice.get(url).json()
+        assert len(page["results"]) <= 2
+        seen += [item["id"] for item in page["results"]]
+        url = page["next"]
+
+    assert seen == list(reversed(ids))
+
+
+def test_invalid_cursor_is_a_clear_error(alice: Client) -> None:
+    response = alice.get("/api/uploads/?cursor=@@@")
+    assert response.status_code == 400
+    assert error_code(response) == "invalid"
+
+
+def test_another_users_upload_is_not_found_everywhere(
+    alice: Client, other_user: Any
+) -> None:
+    body = start_jpeg(alice, b"12345")
+    bob = Client()
+    bob.force_login(other_user)
+    url = f"/api/uploads/{body['id']}/"
+
+    assert bob.get(url).status_code == 404
+    assert bob.delete(url).status_code == 404
+    assert bob.post(url + "complete").status_code == 404
+    assert bob.get("/api/uploads/").json()["results"] == []
+    assert error_code(bob.get(url)) == "not_found"
+    assert Upload.objects.filter(pk=body["id"]).exists()
+
+
+def test_delete_removes_row_and_objects(alice: Client) -> None:
+    data = jpeg_bytes()
+    body = start_jpeg(alice, data)
+    post_to_s3(body, data)
+    key = body["fields"]["key"]
+    assert s3.head(key) is not None
+
+    assert alice.delete(f"/api/uploads/{body['id']}/").status_code == 204
+
+    assert not Upload.objects.filter(pk=body["id"]).exists()
+    assert s3.head(key) is None
+
+
+def test_healthz_reports_each_part(client: Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "storage": "ok", "queue": "ok"}
+
+
+def test_healthz_names_what_is_down(client: Client, settings: Any) -> None:
+    settings.AWS_STORAGE_BUCKET_NAME = "no-such-bucket-here"
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["storage"] == "down"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+def test_upload_page_carries_the_limits(alice: Client) -> None:
+    response = alice.get("/")
+    assert response.status_code == 200
+    assert b'id="upload-config"' in response.content
+    assert str(settings.UPLOAD_MAX_BYTES).encode() in response.content
+
+
+def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "carol",
+            "email": "carol@example.com",
+            "password1": "a-long-passphrase-42",
+            "password2": "a-long-passphrase-42",
+        },
+    )
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200

@@ -1,0 +1,202 @@
+"""Run the whole system on one machine: the embedded stack behind `make dev`.
+
+moto's server plays S3 and SQS (in this process), and child processes run the
+Celery worker, the S3 event consumer and Django's development server. moto
+keeps everything in memory, so the bucket is saved under var/aws/ on the way
+out and restored on the way in; a reconciliation pass then makes sure no row
+points at an object that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from uploads import s3
+from uploads.models import Notification, Status, Thumbnail, Upload
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Start moto (S3 + SQS), a Celery worker, the S3 event consumer and the web server."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument("--workers", type=int, default=2, help="Celery worker processes.")
+
+    def handle(self, *args: Any, port: int, workers: int, **options: Any) -> None:
+        if not settings.EMBEDDED_AWS:
+            raise CommandError("devstack runs the embedded endpoint; AWS_ENDPOINT_URL is empty.")
+        endpoint = urlsplit(settings.AWS_ENDPOINT_URL)
+        self.snapshot_dir = Path(settings.VAR_DIR) / "aws"
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        moto = ThreadedMotoServer(
+            ip_address=endpoint.hostname or "127.0.0.1", port=endpoint.port or 80, verbose=False
+        )
+        moto.start()
+        try:
+            restored = self.restore()
+            self.stdout.write(f"S3 + SQS on {settings.AWS_ENDPOINT_URL} ({restored} objects restored)")
+            call_command("setup_storage")
+            self.reconcile()
+            self.start_children(port, workers)
+            self.stdout.write(
+                self.style.SUCCESS(f"\nServing on http://127.0.0.1:{port}/\n")
+                + "Sign up at /accounts/signup/, or create a staff login with:\n"
+                "  .venv/bin/python manage.py createsuperuser\n"
+                "Ctrl-C stops everything.\n"
+            )
+            self.supervise()
+        finally:
+            self.stop_children()
+            try:
+                saved = self.snapshot()
+                self.stdout.write(f"Saved {saved} objects under {self.snapshot_dir}")
+            finally:
+                moto.stop()
+
+    # --- processes ---
+
+    def start_children(self, port: int, workers: int) -> None:
+        python = sys.executable
+        commands = {
+            "worker": [
+                python, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO",
+                "-Q", "images,notifications", "--concurrency", str(workers),
+                "--without-gossip", "--without-mingle",
+            ],
+            "consumer": [python, "manage.py", "consume_s3_events"],
+            "web": [python, "manage.py", "runserver", f"127.0.0.1:{port}"],
+        }
+        for name, command in commands.items():
+            # Own process group each, so stopping also reaches their children
+            # (Celery's pool, runserver's autoreloader).
+            process = subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
+            self.children.append((name, process))
+
+    def supervise(self) -> None:
+        while not self.stopping:
+            for name, process in self.children:
+                if process.poll() is not None:
+                    self.stderr.write(f"{name} exited with {process.returncode}; stopping.")
+                    self.stopping = True
+            time.sleep(0.5)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def stop_children(self) -> None:
+        for _, process in self.children:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, process in self.children:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{name} did not stop in time; killing it.")
+            # Kill whatever is left in the group (a runserver child, a pool worker).
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+    # --- persistence of the embedded bucket ---
+
+    def snapshot(self) -> int:
+        """Copy every object of the bucket to var/aws/, replacing the last copy."""
+        staging = self.snapshot_dir.with_name("aws.saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "objects").mkdir(parents=True)
+        index = {}
+        client = s3.client("s3")
+        for number, obj in enumerate(s3.iter_objects("")):
+            key = obj["Key"]
+            head = client.head_object(Bucket=s3.bucket(), Key=key)
+            with open(staging / "objects" / str(number), "wb") as out:
+                s3.download_to(key, out)
+            index[str(number)] = {
+                "Key": key,
+                "ContentType": head.get("ContentType", "binary/octet-stream"),
+                "CacheControl": head.get("CacheControl", ""),
+            }
+        (staging / "index.json").write_text(json.dumps(index))
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+        staging.rename(self.snapshot_dir)
+        return len(index)
+
+    def restore(self) -> int:
+        index_path = self.snapshot_dir / "index.json"
+        if not index_path.exists():
+            return 0
+        from uploads import provisioning
+
+        provisioning.create_bucket()
+        index = json.loads(index_path.read_text())
+        client = s3.client("s3")
+        for number, meta in index.items():
+            extra = {"ContentType": meta["ContentType"]}
+            if meta["CacheControl"]:
+                extra["CacheControl"] = meta["CacheControl"]
+            client.upload_file(
+                str(self.snapshot_dir / "objects" / number), s3.bucket(), meta["Key"], ExtraArgs=extra
+            )
+        return len(index)
+
+    def reconcile(self) -> None:
+        """Bring rows in line with the bucket after a restart (or a crash).
+
+        Queued tasks and events lived in moto's memory and are gone, so work
+        in flight is started again; rows whose objects were lost are settled.
+        """
+        present = {obj["Key"] for obj in s3.iter_objects("")}
+        lost_thumbs = Thumbnail.objects.exclude(file__in=present)
+        lost_thumbs_count = lost_thumbs.count()
+        lost_thumbs.delete()
+        lost = Upload.objects.filter(status__in=[Status.PROCESSING, Status.READY]).exclude(
+            file__in=present
+        )
+        for upload in lost:
+            upload.finish(
+                Status.FAILED, "The stored file was lost; please upload it again.", expected=upload.status
+            )
+        from uploads.tasks import process_upload, regenerate_thumbnails, send_notification_email
+
+        in_flight = list(Upload.objects.filter(status=Status.PROCESSING).values_list("pk", flat=True))
+        for upload_id in in_flight:
+            process_upload.delay(str(upload_id))
+        # Their events were lost with moto's queue: check them as the event would have.
+        for upload in Upload.objects.filter(status=Status.PENDING, file__in=present):
+            upload.accept_arrival()
+        if lost_thumbs_count:
+            for upload_id in Upload.objects.filter(status=Status.READY).values_list("pk", flat=True):
+                regenerate_thumbnails.delay(str(upload_id))
+        for notification_id in Notification.objects.filter(emailed_at=None).values_list("pk", flat=True):
+            send_notification_email.delay(notification_id)
+        if lost_thumbs_count or lost:
+            self.stdout.write(
+                f"Reconciled: {lost_thumbs_count} lost thumbnails, {len(lost)} lost uploads."
+            )

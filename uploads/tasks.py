@@ -1,0 +1,131 @@
+"""Celery tasks. Each takes a primary key and is safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from uploads import filetypes, notifications, s3, thumbnails
+from uploads.models import OUTCOMES, Notification, Status, Thumbnail, Upload
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_CACHE_CONTROL = "public, max-age=31536000, immutable"
+MAX_RETRIES = 5
+
+
+class Rejected(Exception):
+    """Bad input: the upload is rejected and never retried."""
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES)
+def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Verify what the bytes are, make thumbnails, settle the outcome."""
+    upload = Upload.objects.filter(pk=upload_id).first()
+    if upload is None:
+        logger.info("upload %s is gone; nothing to process", upload_id)
+        return
+    if upload.status in OUTCOMES:
+        # Already settled (a duplicate or a redelivery after a crash): make
+        # sure the owner was told, then stop.
+        for notification in upload.notifications.filter(emailed_at=None):
+            send_notification_email.delay(notification.pk)
+        return
+    if upload.status != Status.PROCESSING:
+        logger.warning("upload %s is %s, not processing; skipped", upload_id, upload.status)
+        return
+    try:
+        fields = build(upload)
+    except Rejected as error:
+        if upload.finish(Status.REJECTED, str(error)):
+            s3.delete_many(upload.object_keys())
+        return
+    except Exception as error:
+        if s3.is_transient(error) and self.request.retries < MAX_RETRIES:
+            raise self.retry(countdown=2**self.request.retries, exc=error) from error
+        logger.exception("processing upload %s failed", upload_id)
+        upload.finish(Status.FAILED, "The file could not be processed; please try again later.")
+        return
+    upload.finish(Status.READY, **fields)
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES)
+def regenerate_thumbnails(self, upload_id: str, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Make missing thumbnails again (all of them when forced) for a ready image."""
+    upload = Upload.objects.filter(pk=upload_id, status=Status.READY).first()
+    if upload is None or not upload.is_image:
+        return
+    have = set(upload.thumbnails.values_list("name", flat=True))
+    if not force and have >= {str(size) for size in settings.THUMBNAIL_SIZES}:
+        return
+    try:
+        build(upload)
+    except Rejected as error:
+        logger.warning("upload %s can no longer be thumbnailed: %s", upload_id, error)
+    except Exception as error:
+        if not s3.is_transient(error):
+            raise
+        raise self.retry(countdown=2**self.request.retries, exc=error) from error
+
+
+def build(upload: Upload) -> dict[str, object]:
+    """Download, sniff and thumbnail one upload; returns the fields to record."""
+    description = filetypes.describe(upload.content_type)
+    with tempfile.NamedTemporaryFile(suffix=".upload") as temp:
+        s3.download_to(upload.key, temp)
+        temp.flush()
+        path = Path(temp.name)
+        detected = filetypes.sniff(path)
+        if not filetypes.matches(upload.content_type, detected):
+            raise Rejected(f"The file is not a {description}.")
+        if not upload.is_image:
+            return {"detected_type": detected}
+        try:
+            info, made = thumbnails.make_thumbnails(
+                path,
+                sizes=settings.THUMBNAIL_SIZES,
+                max_pixels=settings.IMAGE_MAX_PIXELS,
+                expected_type=upload.content_type,
+                description=description,
+            )
+        except thumbnails.InvalidImage as error:
+            raise Rejected(str(error)) from None
+    for thumb in made:
+        key = Thumbnail.key_for(upload.pk, thumb.name)
+        s3.put(key, thumb.data, "image/webp", THUMBNAIL_CACHE_CONTROL)
+        Thumbnail.objects.update_or_create(
+            upload=upload,
+            name=thumb.name,
+            defaults={
+                "file": key,
+                "width": thumb.width,
+                "height": thumb.height,
+                "bytes": len(thumb.data),
+                "created_at": timezone.now(),
+            },
+        )
+    return {"detected_type": detected, "width": info.width, "height": info.height}
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES)
+def send_notification_email(self, notification_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Email one notification, once: the claim is a conditional update."""
+    claimed = Notification.objects.filter(pk=notification_id, emailed_at=None).update(
+        emailed_at=timezone.now()
+    )
+    if not claimed:
+        return
+    notification = Notification.objects.select_related("owner").get(pk=notification_id)
+    try:
+        notifications.email(notification)
+    except Exception as error:
+        # Give the claim back so the retry (or a later run) can send it.
+        with transaction.atomic():
+            Notification.objects.filter(pk=notification_id).update(emailed_at=None)
+        raise self.retry(countdown=2**self.request.retries * 5, exc=error) from error

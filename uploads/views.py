@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from uploads import filetypes, s3
+from uploads.forms import SignUpForm, StartUploadForm
+from uploads.models import Notification, Status, Upload
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., HttpResponse]
+
+# The order in which one error code wins over another when several fields fail.
+FORM_ERROR_CODES = ("invalid_filename", "type_not_allowed", "too_large")
+
+
+def error(code: str, message: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def api_login_required(view: View) -> View:
+    """Like login_required, but answers 401 JSON instead of redirecting."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return error("not_authenticated", "Sign in first.", status=401)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return error("csrf_failed", "The request lacks a valid CSRF token; reload the page.", 403)
+    from django.views.csrf import csrf_failure as default_csrf_failure
+
+    return default_csrf_failure(request, reason)
+
+
+def read_json(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def owned_upload(request: HttpRequest, upload_id: Any) -> Upload | None:
+    """The request user's upload, or None: another user's looks just like a missing one."""
+    return Upload.objects.owned_by(request.user).filter(pk=upload_id).first()
+
+
+def not_found() -> JsonResponse:
+    return error("not_found", "No such upload.", status=404)
+
+
+def serialize_upload(upload: Upload) -> dict[str, Any]:
+    has_object = upload.status in (Status.PROCESSING, Status.READY)
+    return {
+        "id": str(upload.id),
+        "filename": upload.filename,
+        "status": upload.status,
+        "size": upload.size,
+        "content_type": upload.content_type,
+        "created_at": upload.created_at.isoformat(),
+        "error": upload.error,
+        "url": upload.file.url if has_object else None,
+        "width": upload.width,
+        "height": upload.height,
+        "thumbnails": [
+            {"name": t.name, "width": t.width, "height": t.height, "url": t.file.url}
+            for t in upload.thumbnails.all()
+        ]
+        if upload.status == Status.READY
+        else [],
+    }
+
+
+def encode_cursor(created_at: datetime, pk: Any) -> str:
+    raw = f"{created_at.isoformat()}|{pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def keyset_page(
+    request: HttpRequest, queryset: QuerySet[Any], page_size: int
+) -> tuple[list[Any], str | None] | JsonResponse:
+    """Newest-first keyset pagination: stable while new rows arrive, fast at any depth."""
+    cursor = request.GET.get("cursor")
+    if cursor:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            created_text, pk = raw.split("|", 1)
+            created_at = datetime.fromisoformat(created_text)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return error("invalid", "The cursor is not valid.")
+        queryset = queryset.filter(
+            Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk)
+        )
+    rows = list(queryset.order_by("-created_at", "-pk")[: page_size + 1])
+    next_url = None
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        last = rows[-1]
+        next_url = f"{request.path}?cursor={encode_cursor(last.created_at, last.pk)}"
+    return rows, next_url
+
+
+# --- Pages ---
+
+
+@login_required
+@require_GET
+def upload_page(request: HttpRequest) -> HttpResponse:
+    config = {
+        "maxBytes": settings.UPLOAD_MAX_BYTES,
+        "allowedTypes": {t: filetypes.describe(t) for t in settings.UPLOAD_ALLOWED_TYPES},
+        "uploadsUrl": reverse("api_uploads"),
+        "notificationsUrl": reverse("api_notifications"),
+        "notificationsReadUrl": reverse("api_notifications_read"),
+    }
+    return render(request, "uploads/index.html", {"config": config})
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("upload_page")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("upload_page")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# --- Uploads API ---
+
+
+@never_cache
+@api_login_required
+@require_http_methods(["GET", "POST"])
+def uploads_collection(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        page = keyset_page(
+            request,
+            Upload.objects.owned_by(request.user).prefetch_related("thumbnails"),
+            settings.UPLOAD_PAGE_SIZE,
+        )
+        if isinstance(page, JsonResponse):
+            return page
+        rows, next_url = page
+        return JsonResponse({"results": [serialize_upload(u) for u in rows], "next": next_url})
+    return start_upload(request)
+
+
+def form_error(form: StartUploadForm) -> JsonResponse:
+    """One error for the whole form: malformed input first, then the named codes."""
+    found: dict[str, str] = {}
+    for field, field_errors in form.errors.as_data().items():
+        for problem in field_errors:
+            code = str(problem.code)
+            if field == "filename" and code != "required":
+                code = "invalid_filename"  # null bytes and the like
+            messages = problem.messages
+            found.setdefault(code if code in FORM_ERROR_CODES else "invalid", messages[0])
+    if "invalid" in found:
+        fields = ", ".join(sorted(form.errors))
+        return error(
+            "invalid",
+            f"Missing or invalid: {fields}. Send filename, content_type and a positive size.",
+        )
+    code = next(c for c in FORM_ERROR_CODES if c in found)
+    return error(code, found[code])
+
+
+def start_upload(request: HttpRequest) -> HttpResponse:
+    body = read_json(request)
+    if body is None:
+        return error("invalid", "The request body must be a JSON object.")
+    form = StartUploadForm(body)
+    if not form.is_valid():
+        return form_error(form)
+    upload = Upload.start(request.user, **form.cleaned_data)
+    expires_in = settings.UPLOAD_URL_EXPIRES
+    post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
+    logger.info("upload %s started by user %s: %s bytes", upload.pk, request.user.pk, upload.size)
+    return JsonResponse(
+        {
+            "id": str(upload.id),
+            "url": post["url"],
+            "fields": post["fields"],
+            "expires_at": (timezone.now() + timedelta(seconds=expires_in)).isoformat(),
+            "upload": serialize_upload(upload),
+        },
+        status=201,
+    )
+
+
+@never_cache
+@api_login_required
+@require_http_methods(["GET", "DELETE"])
+def upload_detail(request: HttpRequest, upload_id: Any) -> HttpResponse:
+    upload = owned_upload(request, upload_id)
+    if upload is None:
+        return not_found()
+    if request.method == "DELETE":
+        failed = upload.delete_with_objects()
+        if failed:
+            logger.error("upload %s deleted; S3 kept %s (cleanup will retry)", upload_id, failed)
+        return HttpResponse(status=204)
+    return JsonResponse(serialize_upload(upload))
+
+
+@api_login_required
+@require_POST
+def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
+    upload = owned_upload(request, upload_id)
+    if upload is None:
+        return not_found()
+    upload.accept_arrival()
+    upload.refresh_from_db()
+    if upload.status == Status.PENDING:
+        return error("not_uploaded", "The file has not arrived in storage yet.", status=409)
+    return JsonResponse(serialize_upload(upload))
+
+
+# --- Notifications API ---
+
+
+@never_cache
+@api_login_required
+@require_GET
+def notifications_collection(request: HttpRequest) -> HttpResponse:
+    mine = Notification.objects.filter(owner=request.user)
+    page = keyset_page(request, mine, 20)
+    if isinstance(page, JsonResponse):
+        return page
+    rows, next_url = page
+    return JsonResponse(
+        {
+            "results": [
+                {
+                    "id": n.pk,
+                    "upload_id": str(n.upload_id),
+                    "kind": n.kind,
+                    "message": n.message,
+                    "read": n.read,
+                    "created_at": n.created_at.isoformat(),
+                }
+                for n in rows
+            ],
+            "next": next_url,
+            "unread": mine.filter(read=False).count(),
+        }
+    )
+
+
+@api_login_required
+@require_POST
+def notifications_read(request: HttpRequest) -> HttpResponse:
+    """Mark the given notification ids read, or all of them without ids."""
+    body = read_json(request)
+    if body is None:
+        return error("invalid", "The request body must be a JSON object.")
+    unread = Notification.objects.filter(owner=request.user, read=False)
+    ids = body.get("ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            return error("invalid", "ids must be a list of notification ids.")
+        unread = unread.filter(pk__in=ids)
+    marked = unread.update(read=True)
+    return JsonResponse({"marked": marked})
+
+
+# --- Health ---
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    checks: dict[str, str] = {}
+    probes: dict[str, Callable[[], object]] = {
+        "database": lambda: connection.ensure_connection(),
+        "storage": s3.check_bucket,
+        "queue": lambda: s3.queue_depth(settings.S3_EVENTS_QUEUE),
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            logger.warning("health check %s failed: %s", name, exc)
+            checks[name] = "down"
+    down = [name for name, state in checks.items() if state != "ok"]
+    return JsonResponse({"status": "down" if down else "ok", "checks": checks}, status=503 if down else 200)
