@@ -229,7 +229,8 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
 # Longest a task may run; the broker's visibility timeout must exceed it, or
 # SQS hands a running task to a second worker.
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300)
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
+# The soft limit lets a task record its outcome before the hard limit kills it.
+CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT * 9 // 10)
 CELERY_BROKER_VISIBILITY_TIMEOUT = env_int(
     "CELERY_BROKER_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT * 2
 )

@@ -161,3 +161,11 @@ def pipeline(
     wait_for(lambda: "ready." in processes.log("worker"), timeout=60)
     yield processes
     processes.stop_all()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, for fixtures that print logs on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -40,6 +40,7 @@ def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def
     if upload.status != Status.PROCESSING:
         logger.warning("upload %s is %s, not processing; skipped", upload_id, upload.status)
         return
+    logger.info("processing upload %s", upload_id)
     try:
         fields = build(upload)
     except Rejected as error:

@@ -1,0 +1,208 @@
+"""The whole pipeline against real parts.
+
+moto's server over HTTP plays S3 and SQS, `manage.py consume_s3_events` and a
+Celery worker run as separate processes, and files go up through real
+pre-signed POSTs: nothing here calls the pipeline's functions directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.test import Client
+from PIL import Image
+
+from tests.conftest import Processes, post_to_s3, wait_for
+from uploads import s3
+from uploads.models import Notification, Status, Upload
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.django_db(transaction=True)]
+
+
+def jpeg(size: tuple[int, int] = (1600, 1200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def upload_file(
+    client: Client, data: bytes, content_type: str, filename: str, declared_size: int | None = None
+) -> str:
+    """Start an upload and post the bytes straight to S3, as the page does."""
+    response = client.post(
+        "/api/uploads/",
+        json.dumps(
+            {"filename": filename, "content_type": content_type, "size": declared_size or len(data)}
+        ),
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    start = response.json()
+    assert post_to_s3(start, data, filename).status_code == 204
+    return str(start["id"])
+
+
+@pytest.fixture(autouse=True)
+def _show_process_logs_on_failure(request: pytest.FixtureRequest) -> Any:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "pipeline" in request.fixturenames:
+        processes: Processes = request.getfixturevalue("pipeline")
+        for name in ("consumer", "worker"):
+            print(f"----- {name} log (tail) -----\n{processes.log(name)[-6000:]}")
+
+
+def settled(upload_id: str, timeout: float = 30) -> Upload:
+    """Wait for the pipeline (not this process) to reach an outcome."""
+
+    def outcome() -> Upload | None:
+        upload = Upload.objects.get(pk=upload_id)
+        return upload if upload.status not in (Status.PENDING, Status.PROCESSING) else None
+
+    return wait_for(outcome, timeout=timeout, interval=0.1)  # type: ignore[no-any-return]
+
+
+def mails_to(processes: Processes, address: str) -> list[str]:
+    mail_dir: Path = processes.mail_dir  # type: ignore[attr-defined]
+    return [
+        text
+        for path in sorted(mail_dir.iterdir())
+        for text in [path.read_text(errors="replace")]
+        if f"To: {address}" in text
+    ]
+
+
+def test_a_jpeg_becomes_ready_with_thumbnails_and_one_notification(
+    pipeline: Processes, alice: Client
+) -> None:
+    upload_id = upload_file(alice, jpeg(), "image/jpeg", "sunset.jpg")
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.READY, upload.error
+    assert upload.detected_type == "image/jpeg"
+    assert (upload.width, upload.height) == (1600, 1200)
+    thumbs = {t.name: (t.width, t.height) for t in upload.thumbnails.all()}
+    assert thumbs == {"256": (256, 192), "1024": (1024, 768)}
+    for thumb in upload.thumbnails.all():
+        response = requests.get(thumb.file.url, timeout=10)
+        assert response.headers["Content-Type"] == "image/webp"
+        assert "immutable" in response.headers["Cache-Control"]
+        assert Image.open(io.BytesIO(response.content)).size == (thumb.width, thumb.height)
+    wait_for(lambda: Notification.objects.filter(upload_id=upload_id, emailed_at__isnull=False))
+    assert Notification.objects.get(upload_id=upload_id).kind == "ready"
+    wait_for(lambda: mails_to(pipeline, "alice@example.com"))
+    assert len([m for m in mails_to(pipeline, "alice@example.com") if "sunset.jpg" in m]) == 1
+
+
+def test_the_same_event_delivered_twice_changes_nothing(
+    pipeline: Processes, alice: Client
+) -> None:
+    upload_id = upload_file(alice, jpeg((800, 600)), "image/jpeg", "twice.jpg")
+    upload = settled(upload_id)
+    thumbnails_before = list(upload.thumbnails.values_list("pk", "file", "created_at"))
+    key = upload.key
+    event = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-11-30T12:05:41.123Z",
+                "eventName": "ObjectCreated:Post",
+                "s3": {
+                    "bucket": {"name": settings.AWS_STORAGE_BUCKET_NAME},
+                    "object": {"key": key, "size": upload.size, "eTag": upload.etag},
+                },
+            }
+        ]
+    }
+    # S3 delivers at least once: send the event again, twice over.
+    s3.send_message(settings.S3_EVENTS_QUEUE, json.dumps(event))
+    s3.send_message(settings.S3_EVENTS_QUEUE, json.dumps(event))
+    alice.post(f"/api/uploads/{upload_id}/complete")
+    wait_for(lambda: s3.queue_depth(settings.S3_EVENTS_QUEUE)["visible"] == 0, timeout=15)
+    wait_for(lambda: s3.queue_depth(settings.S3_EVENTS_QUEUE)["in_flight"] == 0, timeout=15)
+
+    upload.refresh_from_db()
+    assert upload.status == Status.READY
+    assert list(upload.thumbnails.values_list("pk", "file", "created_at")) == thumbnails_before
+    assert Notification.objects.filter(upload_id=upload_id).count() == 1
+    assert len([m for m in mails_to(pipeline, "alice@example.com") if "twice.jpg" in m]) == 1
+
+
+def test_unknown_keys_test_events_and_garbage_leave_nothing_and_consumer_lives(
+    pipeline: Processes, alice: Client
+) -> None:
+    queue = settings.S3_EVENTS_QUEUE
+    forged = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": settings.AWS_STORAGE_BUCKET_NAME},
+                    "object": {"key": "uploads/not-a-real-upload.jpg", "size": 3},
+                },
+            }
+        ]
+    }
+    s3.send_message(queue, json.dumps(forged))
+    s3.send_message(queue, json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
+    s3.send_message(queue, "{this is not json")
+
+    # The consumer keeps going: a real upload after the garbage still completes.
+    upload_id = upload_file(alice, jpeg((300, 200)), "image/jpeg", "after-garbage.jpg")
+    assert settled(upload_id).status == Status.READY
+    assert pipeline.running["consumer"].poll() is None
+    assert Upload.objects.count() == 1
+    assert Notification.objects.count() == 1
+
+
+def test_a_poison_message_ends_in_the_dead_letter_queue(
+    pipeline: Processes, alice: Client
+) -> None:
+    dlq = settings.S3_EVENTS_DLQ
+    client = s3.client("sqs")
+    client.purge_queue(QueueUrl=s3.queue_url(dlq))
+    s3.send_message(settings.S3_EVENTS_QUEUE, "poison: never valid JSON")
+
+    def in_dlq() -> list[dict[str, Any]]:
+        return s3.receive(dlq, wait_seconds=1)
+
+    messages = wait_for(in_dlq, timeout=60, interval=0.5)
+    assert messages[0]["Body"] == "poison: never valid JSON"
+    assert pipeline.running["consumer"].poll() is None
+
+
+def test_a_worker_killed_mid_task_leaves_the_upload_to_finish_on_redelivery(
+    pipeline: Processes, alice: Client
+) -> None:
+    pipeline.stop("worker")
+    # Large enough (49 megapixels) that processing takes a while.
+    buffer = io.BytesIO()
+    Image.new("RGB", (7000, 7000), (90, 160, 60)).save(buffer, "PNG")
+    upload_id = upload_file(alice, buffer.getvalue(), "image/png", "crash.png")
+    wait_for(lambda: Upload.objects.get(pk=upload_id).status == Status.PROCESSING)
+
+    # A worker takes the task, then dies without acknowledging it.
+    worker = pipeline.start_worker()
+    wait_for(lambda: f"processing upload {upload_id}" in pipeline.log("worker"), timeout=60, interval=0.02)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    pipeline.running.pop("worker")
+    assert Upload.objects.get(pk=upload_id).status == Status.PROCESSING
+
+    pipeline.start_worker()
+    upload = settled(upload_id, timeout=60)
+    assert upload.status == Status.READY
+    assert upload.thumbnails.count() == 2
+    assert Notification.objects.filter(upload_id=upload_id).count() == 1
