@@ -58,7 +58,7 @@ def bucket_arn() -> str:
 
 
 def bucket_exists() -> bool:
-    return _read(lambda: _s3().head_bucket(Bucket=s3.bucket()) or True, ("404", "NoSuchBucket")) is True
+    return _read(lambda: _s3().head_bucket(Bucket=s3.bucket()), ("404", "NoSuchBucket")) is not None
 
 
 def create_bucket() -> None:
