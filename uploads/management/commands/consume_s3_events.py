@@ -14,8 +14,8 @@ from uploads import consumer, s3
 logger = logging.getLogger(__name__)
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """Raised from the signal handler; BaseException so botocore's retries let it through."""
 
 
 class Command(BaseCommand):
