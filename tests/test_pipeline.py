@@ -20,6 +20,7 @@ from django.conf import settings
 from django.test import Client
 from PIL import Image
 
+from tests import images
 from tests.conftest import Processes, post_to_s3, wait_for
 from uploads import s3
 from uploads.models import Notification, Status, Upload
@@ -206,3 +207,102 @@ def test_a_worker_killed_mid_task_leaves_the_upload_to_finish_on_redelivery(
     assert upload.status == Status.READY
     assert upload.thumbnails.count() == 2
     assert Notification.objects.filter(upload_id=upload_id).count() == 1
+
+
+def thumbnail_image(url: str) -> Image.Image:
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content))
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "filename", "size"),
+    [
+        (lambda: images.jpeg((1200, 900)), "image/jpeg", "photo.jpg", (1200, 900)),
+        (lambda: images.png_rgba((600, 400)), "image/png", "logo.png", (600, 400)),
+        (lambda: images.webp((640, 480)), "image/webp", "pic.webp", (640, 480)),
+        (lambda: images.animated_gif((320, 240)), "image/gif", "anim.gif", (320, 240)),
+        (lambda: images.heic((640, 480)), "image/heic", "iphone.heic", (640, 480)),
+        (lambda: images.avif((640, 480)), "image/avif", "modern.avif", (640, 480)),
+    ],
+)
+def test_each_image_type_ends_ready_with_clean_thumbnails(
+    pipeline: Processes, alice: Client, make: Any, content_type: str, filename: str, size: Any
+) -> None:
+    upload_id = upload_file(alice, make(), content_type, filename)
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.READY, upload.error
+    assert (upload.width, upload.height) == size
+    longest = max(size)
+    expected = {name: min(int(name), longest) for name in ("256", "1024")}
+    for thumb in upload.thumbnails.all():
+        image = thumbnail_image(thumb.file.url)
+        assert image.format == "WEBP"
+        assert max(image.size) == expected[thumb.name]
+        assert "exif" not in image.info and not image.getexif()
+    assert sorted(upload.thumbnails.values_list("name", flat=True)) == ["1024", "256"]
+
+
+def test_an_exif_rotated_photo_gives_an_upright_thumbnail(
+    pipeline: Processes, alice: Client
+) -> None:
+    upload_id = upload_file(alice, images.rotated_photo(), "image/jpeg", "portrait.jpg")
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.READY, upload.error
+    assert (upload.width, upload.height) == (300, 400)
+    image = thumbnail_image(upload.thumbnails.get(name="256").file.url).convert("RGB")
+    assert image.size == (192, 256)
+    top = image.getpixel((96, 20))
+    bottom = image.getpixel((96, 236))
+    assert top[0] > 200 and top[2] < 60, top  # red on top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue below
+
+
+def test_a_pdf_ends_ready_without_thumbnails(pipeline: Processes, alice: Client) -> None:
+    upload = settled(upload_file(alice, images.pdf(), "application/pdf", "invoice.pdf"))
+    assert upload.status == Status.READY, upload.error
+    assert upload.detected_type == "application/pdf"
+    assert upload.thumbnails.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "reason"),
+    [
+        (images.html_as_jpeg, "image/jpeg", "not a JPEG image"),
+        (images.truncated_jpeg, "image/jpeg", "truncated or corrupt"),
+        (lambda: images.png_bomb(), "image/png", "megapixels"),
+        (images.pdf, "image/png", "not a PNG image"),
+    ],
+)
+def test_bad_files_end_rejected_with_a_reason_and_are_removed(
+    pipeline: Processes, alice: Client, make: Any, content_type: str, reason: str
+) -> None:
+    upload_id = upload_file(alice, make(), content_type, "bad-file")
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.REJECTED
+    assert reason in upload.error
+    assert upload.thumbnails.count() == 0
+    wait_for(lambda: s3.head(upload.key) is None, timeout=10)
+    notification = wait_for(lambda: Notification.objects.filter(upload_id=upload_id).first())
+    assert notification.kind == "rejected" and reason in notification.message
+
+
+def test_a_file_larger_than_declared_is_rejected_from_the_event(
+    pipeline: Processes, alice: Client
+) -> None:
+    # moto's server ignores the policy's content-length-range; the consumer
+    # checks the real size itself, without the page's "complete" call.
+    data = images.jpeg((400, 300))
+    upload_id = upload_file(alice, data + b"\0" * 1000, "image/jpeg", "big.jpg", declared_size=len(data))
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.REJECTED
+    assert "bytes were announced" in upload.error
+    wait_for(lambda: s3.head(upload.key) is None, timeout=10)
