@@ -24,7 +24,12 @@ KNOWN_TYPES: dict[str, tuple[str, str]] = {
 }
 
 # Types whose bytes are indistinguishable enough that either claim is honest.
-_SAME_KIND = {"image/heif": "image/heic"}
+# An animated PNG is a PNG to every reader, whatever the sniffer calls it.
+_SAME_KIND = {"image/heif": "image/heic", "image/apng": "image/png"}
+
+# Brands of HEVC-coded HEIF the filetype package does not know: cameras write
+# "heix" (10-bit), and "hevc"/"hevx" mark image sequences such as bursts.
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
 
 
 def extension_for(content_type: str) -> str:
@@ -43,7 +48,20 @@ def is_image(content_type: str) -> bool:
 def sniff(path: Path) -> str | None:
     """The MIME type the file's own bytes say it is, or None if unknown."""
     kind = filetype.guess_mime(str(path))
-    return kind if isinstance(kind, str) else None
+    if isinstance(kind, str):
+        return kind
+    return "image/heic" if _ftyp_brands(path) & _HEIC_BRANDS else None
+
+
+def _ftyp_brands(path: Path) -> set[bytes]:
+    """The major and compatible brands of an ISO media file's leading ftyp box."""
+    with path.open("rb") as file:
+        head = file.read(256)
+    if head[4:8] != b"ftyp":
+        return set()
+    box = head[8 : int.from_bytes(head[:4], "big")]
+    # The major brand, a minor version number, then the compatible brands.
+    return {box[:4]} | {box[i : i + 4] for i in range(8, len(box) - 3, 4)}
 
 
 def matches(declared: str, detected: str | None) -> bool:

@@ -56,12 +56,19 @@ def make_thumbnails(
     Raises InvalidImage for anything that is not a sound image of the
     expected type: wrong format, too many pixels, truncated or corrupt data.
     """
+    if not sizes:
+        raise ValueError("make_thumbnails needs at least one size")
+    limit = f"the limit is {max_pixels / 1_000_000:g} megapixels"
     with warnings.catch_warnings():
         # Our own pixel cap, checked below, replaces Pillow's warning.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(path)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        except Image.DecompressionBombError:
+            # Pillow refuses outright, from the header, beyond twice its own
+            # cap (about 179 megapixels), before ours can see the dimensions.
+            raise InvalidImage(f"The image is too large; {limit}.") from None
+        except (UnidentifiedImageError, OSError, ValueError):
             raise InvalidImage(f"The file is not a readable {description}.") from None
     with image:
         if image.format not in PILLOW_FORMATS.get(expected_type, set()):
@@ -69,10 +76,7 @@ def make_thumbnails(
         # Only the header has been read so far: refuse bombs before decoding.
         width, height = image.size
         if width * height > max_pixels:
-            raise InvalidImage(
-                f"The image is {width}×{height} pixels; the limit is "
-                f"{max_pixels / 1_000_000:g} megapixels."
-            )
+            raise InvalidImage(f"The image is {width}×{height} pixels; {limit}.")
         oriented_width, oriented_height = _oriented_size(image, width, height)
         info = ImageInfo(format=image.format or "", width=oriented_width, height=oriented_height)
         try:
@@ -84,21 +88,20 @@ def make_thumbnails(
 
 
 def _render(image: Image.Image, sizes_descending: list[int]) -> list[Thumbnail]:
-    largest = sizes_descending[0]
     # JPEG can decode at 1/2, 1/4 or 1/8 scale: far less work and memory for a
-    # photo that ends up small. draft() keeps at least the requested size.
+    # photo that ends up small. draft() keeps both sides at least as large as
+    # asked, so ask for the largest thumbnail's own shape, not a square.
     if image.format in ("JPEG", "MPO"):
-        image.draft("RGB", (largest, largest))
-    icc_profile = image.info.get("icc_profile")
+        image.draft("RGB", _fit(image.size, sizes_descending[0]))
     image.seek(0)  # animations: the first frame
     image.load()
-    upright = ImageOps.exif_transpose(image)
-    upright = _to_display_mode(upright)
+    ImageOps.exif_transpose(image, in_place=True)
+    current = _to_display_mode(image)
+    icc_profile = _rgb_icc_profile(image)
     thumbnails = []
-    current = upright
     for size in sizes_descending:
-        # Each smaller size is made from the previous result, not the original.
-        current = current.copy()
+        # In place: each smaller size is made from the previous one, already
+        # encoded, rather than from the original.
         current.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
         thumbnails.append(
             Thumbnail(
@@ -111,19 +114,41 @@ def _render(image: Image.Image, sizes_descending: list[int]) -> list[Thumbnail]:
     return thumbnails
 
 
+def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """`size` scaled so its longest side is `longest`, keeping its shape."""
+    width, height = size
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _to_display_mode(image: Image.Image) -> Image.Image:
     """RGB, or RGBA when the image has transparency; CMYK, palettes, 16-bit..."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        return image if image.mode == "RGBA" else image.convert("RGBA")
-    if image.mode == "RGB":
-        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale down to 8 bits before converting.
-        return image.point(lambda value: value / 256).convert("L").convert("RGB")
-    return image.convert("RGB")
+        # 16-bit greyscale: scale down to 8 bits, as convert() would clip (and
+        # then match every clipped pixel against a transparent colour).
+        grey = image.point(lambda value: value / 256).convert("L")
+        transparent = image.info.get("transparency")
+        if transparent is None:
+            return grey.convert("RGB")
+        opacity = [255] * 65536
+        opacity[transparent] = 0
+        alpha = image.convert("I").point(opacity, "L")
+        return Image.merge("RGBA", (grey, grey, grey, alpha))
+    # Transparency is an alpha band, or a tRNS entry in a palette, greyscale
+    # or RGB image.
+    if "A" in image.getbands() or "transparency" in image.info:
+        return image if image.mode == "RGBA" else image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _rgb_icc_profile(image: Image.Image) -> bytes | None:
+    """The image's ICC profile if it describes RGB, as every thumbnail is RGB.
+
+    A CMYK or greyscale profile on RGB pixels makes viewers show wrong colours
+    or ignore it; bytes 16 to 20 of a profile name its colour space.
+    """
+    profile = image.info.get("icc_profile")
+    return profile if profile and profile[16:20] == b"RGB " else None
 
 
 def _encode_webp(image: Image.Image, icc_profile: bytes | None) -> bytes:

@@ -1,0 +1,157 @@
+"""The S3 event consumer against the embedded SQS, on queues of its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from tests.conftest import ROOT, TEST_ENV, wait_for
+from uploads import consumer, s3
+from uploads.models import Status, Upload
+
+# Committed transactions: claims enqueue their task on commit, as in production.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def own_queues(settings: Any) -> str:
+    """A bucket and events queue no running consumer listens to."""
+    suffix = uuid.uuid4().hex[:8]
+    settings.AWS_STORAGE_BUCKET_NAME = f"consumer-{suffix}"
+    settings.S3_EVENTS_QUEUE = f"consumer-events-{suffix}"
+    settings.S3_EVENTS_DLQ = f"consumer-events-{suffix}-dlq"
+    call_command("setup_storage", stdout=io.StringIO())
+    s3.client("sqs").purge_queue(QueueUrl=s3.queue_url(settings.S3_EVENTS_QUEUE))
+    return str(settings.S3_EVENTS_QUEUE)
+
+
+def event_for(key: str, size: int = 5) -> str:
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Post",
+                    "s3": {
+                        "bucket": {"name": settings.AWS_STORAGE_BUCKET_NAME},
+                        "object": {"key": key.replace(" ", "+"), "size": size},
+                    },
+                }
+            ]
+        }
+    )
+
+
+def pending_upload(user: Any, data: bytes = b"hello") -> Upload:
+    upload = Upload.start(user, "a.jpg", "image/jpeg", len(data))
+    s3.put(upload.key, data, "image/jpeg", "no-cache")
+    return upload
+
+
+def receive_all(queue: str) -> list[dict[str, Any]]:
+    return s3.receive(queue, wait_seconds=1)
+
+
+def test_handled_messages_are_deleted(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    messages = receive_all(own_queues)  # the object's own ObjectCreated event
+    assert len(messages) == 1
+
+    with mock.patch("uploads.tasks.process_upload.delay") as enqueue:
+        result = consumer.handle_batch(own_queues, messages)
+
+    assert (result.handled, result.failed, result.not_deleted) == (1, 0, [])
+    enqueue.assert_called_once_with(str(upload.pk))
+    upload.refresh_from_db()
+    assert upload.status == Status.PROCESSING
+    assert s3.queue_depth(own_queues) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_a_failure_leaves_the_message_for_redelivery(own_queues: str, user: Any) -> None:
+    pending_upload(user)
+    messages = receive_all(own_queues)
+
+    # A database or network fault in the middle of handling.
+    with mock.patch.object(Upload, "accept_arrival", side_effect=RuntimeError("db went away")):
+        result = consumer.handle_batch(own_queues, messages)
+
+    assert result.failed == 1
+    assert s3.queue_depth(own_queues)["in_flight"] == 1
+    redelivered = wait_for(lambda: receive_all(own_queues), timeout=15)
+    assert redelivered[0]["MessageId"] == messages[0]["MessageId"]
+
+
+def test_a_lost_enqueue_gives_the_claim_back(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    messages = receive_all(own_queues)
+
+    with mock.patch("uploads.tasks.process_upload.delay", side_effect=ConnectionError("broker")):
+        result = consumer.handle_batch(own_queues, messages)
+
+    assert result.failed == 1
+    upload.refresh_from_db()
+    # Still pending, so the redelivered event will claim it again.
+    assert upload.status == Status.PENDING
+
+
+def test_a_late_object_for_an_expired_upload_is_deleted(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    Upload.objects.filter(pk=upload.pk).update(status=Status.EXPIRED)
+
+    result = consumer.handle_batch(own_queues, receive_all(own_queues))
+
+    assert result.ignored == 1
+    assert s3.head(upload.key) is None
+
+
+def test_events_for_other_buckets_and_prefixes_are_dropped(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    receive_all(own_queues)  # discard the real event
+    other_bucket = json.loads(event_for(upload.key))
+    other_bucket["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+    s3.send_message(own_queues, json.dumps(other_bucket))
+    s3.send_message(own_queues, event_for("thumbs/x/256.webp"))
+    s3.send_message(own_queues, event_for("uploads/no such upload.jpg"))
+
+    messages = wait_for(lambda: receive_all(own_queues))
+    while len(messages) < 3:
+        messages += receive_all(own_queues)
+    result = consumer.handle_batch(own_queues, messages)
+
+    assert (result.handled, result.ignored, result.failed) == (0, 3, 0)
+    assert Upload.objects.get(pk=upload.pk).status == Status.PENDING
+    assert s3.queue_depth(own_queues)["visible"] == 0
+
+
+def test_sigterm_stops_the_consumer_promptly(own_queues: str) -> None:
+    env = {**os.environ, **TEST_ENV, "S3_EVENTS_QUEUE": own_queues}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "consume_s3_events"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        assert b"Consuming" in process.stdout.readline()
+        time.sleep(1)  # now inside a 20-second long poll
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert b"Stopped" in process.stdout.read()
+    finally:
+        process.kill()
