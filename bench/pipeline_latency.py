@@ -72,18 +72,38 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     call_command("migrate", verbosity=0)
-    call_command("setup_storage", stdout=open(os.devnull, "w"))
+    call_command("setup_storage", stdout=io.StringIO())
     child_env = {**os.environ, **env}
-    logs = open(workdir / "children.log", "wb")
+    logs = open(workdir / "children.log", "wb")  # noqa: SIM115 (open while children run)
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "images,notifications",
-             "--concurrency", "2", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-            cwd=ROOT, env=child_env, stdout=logs, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "-Q",
+                "images,notifications",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=child_env,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
         ),
         subprocess.Popen(
             [sys.executable, "manage.py", "consume_s3_events"],
-            cwd=ROOT, env=child_env, stdout=logs, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=child_env,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
         ),
     ]
     try:
@@ -115,6 +135,7 @@ def main() -> None:
             assert status == Status.READY, status
             total = time.perf_counter() - started
             # How long until the upload was claimed (event consumed or "complete" called).
+            assert uploaded_at is not None
             claimed = uploaded_at.timestamp() - started_wall
             return total, claimed
 

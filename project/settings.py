@@ -224,7 +224,9 @@ IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 50_000_000)
 
 _endpoint = urlsplit(AWS_ENDPOINT_URL) if AWS_ENDPOINT_URL else None
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
-    f"sqs://{AWS_ACCESS_KEY_ID}:{AWS_SECRET_ACCESS_KEY}@{_endpoint.netloc}" if _endpoint else "sqs://"
+    f"sqs://{AWS_ACCESS_KEY_ID}:{AWS_SECRET_ACCESS_KEY}@{_endpoint.netloc}"
+    if _endpoint
+    else "sqs://"
 )
 # Longest a task may run; the broker's visibility timeout must exceed it, or
 # SQS hands a running task to a second worker.

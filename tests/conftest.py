@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -12,11 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.environment import AWS_PORT, TEST_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-
-
-from tests.environment import AWS_PORT, TEST_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +31,7 @@ def aws_endpoint() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=AWS_PORT, verbose=False)
     server.start()
-    call_command("setup_storage", stdout=open(os.devnull, "w"))
+    call_command("setup_storage", stdout=io.StringIO())
     yield TEST_ENV["AWS_ENDPOINT_URL"]
     server.stop()
 
@@ -95,11 +96,16 @@ class Processes:
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the file descriptor.
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.running[name] = process
         return process
 
@@ -109,13 +115,29 @@ class Processes:
     def start_worker(self) -> subprocess.Popen[bytes]:
         return self.start(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO",
-             "-Q", "images,notifications", "--concurrency", "2",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                "images,notifications",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
         )
 
     def start_consumer(self) -> subprocess.Popen[bytes]:
-        return self.start("consumer", [sys.executable, "manage.py", "consume_s3_events", "--wait", "2"])
+        return self.start(
+            "consumer", [sys.executable, "manage.py", "consume_s3_events", "--wait", "2"]
+        )
 
     def stop(self, name: str, sig: int = 15) -> None:
         import signal
@@ -123,10 +145,8 @@ class Processes:
         process = self.running.pop(name, None)
         if process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:

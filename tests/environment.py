@@ -32,7 +32,9 @@ TEST_ENV = {
     "LOG_LEVEL": "INFO",
     # One test database per run, so that runs side by side do not collide.
     "SQLITE_TEST_NAME": os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var", f"test-{os.getpid()}.sqlite3"
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "var",
+        f"test-{os.getpid()}.sqlite3",
     ),
 }
 os.environ.update(TEST_ENV)

@@ -76,10 +76,16 @@ def test_keys_are_unique_and_never_built_from_the_filename(alice: Client) -> Non
     [
         ({"filename": "big.jpg", "content_type": "image/jpeg", "size": 10**12}, "too_large"),
         ({"filename": "page.html", "content_type": "text/html", "size": 10}, "type_not_allowed"),
-        ({"filename": "x.exe", "content_type": "application/x-msdownload", "size": 10}, "type_not_allowed"),
+        (
+            {"filename": "x.exe", "content_type": "application/x-msdownload", "size": 10},
+            "type_not_allowed",
+        ),
         ({"filename": "///", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
         ({"filename": "\x00\x01", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
-        ({"filename": "a" * 300 + ".jpg", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+        (
+            {"filename": "a" * 300 + ".jpg", "content_type": "image/jpeg", "size": 10},
+            "invalid_filename",
+        ),
         ({"filename": "a.jpg", "content_type": "image/jpeg", "size": -1}, "invalid"),
         ({"filename": "a.jpg", "content_type": "image/jpeg", "size": 0}, "invalid"),
         ({"filename": "a.jpg", "content_type": "image/jpeg"}, "invalid"),
@@ -87,7 +93,9 @@ def test_keys_are_unique_and_never_built_from_the_filename(alice: Client) -> Non
         ({"content_type": "image/jpeg", "size": 10}, "invalid"),
     ],
 )
-def test_start_refuses_bad_input_with_a_code(alice: Client, body: dict[str, Any], code: str) -> None:
+def test_start_refuses_bad_input_with_a_code(
+    alice: Client, body: dict[str, Any], code: str
+) -> None:
     response = start(alice, **body)
     assert response.status_code == 400
     assert error_code(response) == code
@@ -203,9 +211,7 @@ def test_invalid_cursor_is_a_clear_error(alice: Client) -> None:
     assert error_code(response) == "invalid"
 
 
-def test_another_users_upload_is_not_found_everywhere(
-    alice: Client, other_user: Any
-) -> None:
+def test_another_users_upload_is_not_found_everywhere(alice: Client, other_user: Any) -> None:
     body = start_jpeg(alice, b"12345")
     bob = Client()
     bob.force_login(other_user)

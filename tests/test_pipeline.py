@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -104,9 +104,7 @@ def test_a_jpeg_becomes_ready_with_thumbnails_and_one_notification(
     assert len([m for m in mails_to(pipeline, "alice@example.com") if "sunset.jpg" in m]) == 1
 
 
-def test_the_same_event_delivered_twice_changes_nothing(
-    pipeline: Processes, alice: Client
-) -> None:
+def test_the_same_event_delivered_twice_changes_nothing(pipeline: Processes, alice: Client) -> None:
     upload_id = upload_file(alice, jpeg((800, 600)), "image/jpeg", "twice.jpg")
     upload = settled(upload_id)
     thumbnails_before = list(upload.thumbnails.values_list("pk", "file", "created_at"))
@@ -168,9 +166,7 @@ def test_unknown_keys_test_events_and_garbage_leave_nothing_and_consumer_lives(
     assert Notification.objects.count() == 1
 
 
-def test_a_poison_message_ends_in_the_dead_letter_queue(
-    pipeline: Processes, alice: Client
-) -> None:
+def test_a_poison_message_ends_in_the_dead_letter_queue(pipeline: Processes, alice: Client) -> None:
     dlq = settings.S3_EVENTS_DLQ
     client = s3.client("sqs")
     client.purge_queue(QueueUrl=s3.queue_url(dlq))
@@ -196,7 +192,11 @@ def test_a_worker_killed_mid_task_leaves_the_upload_to_finish_on_redelivery(
 
     # A worker takes the task, then dies without acknowledging it.
     worker = pipeline.start_worker()
-    wait_for(lambda: f"processing upload {upload_id}" in pipeline.log("worker"), timeout=60, interval=0.02)
+    wait_for(
+        lambda: f"processing upload {upload_id}" in pipeline.log("worker"),
+        timeout=60,
+        interval=0.02,
+    )
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     pipeline.running.pop("worker")
@@ -256,8 +256,8 @@ def test_an_exif_rotated_photo_gives_an_upright_thumbnail(
     assert (upload.width, upload.height) == (300, 400)
     image = thumbnail_image(upload.thumbnails.get(name="256").file.url).convert("RGB")
     assert image.size == (192, 256)
-    top = image.getpixel((96, 20))
-    bottom = image.getpixel((96, 236))
+    top = cast(tuple[int, int, int], image.getpixel((96, 20)))
+    bottom = cast(tuple[int, int, int], image.getpixel((96, 236)))
     assert top[0] > 200 and top[2] < 60, top  # red on top
     assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue below
 
@@ -299,7 +299,9 @@ def test_a_file_larger_than_declared_is_rejected_from_the_event(
     # moto's server ignores the policy's content-length-range; the consumer
     # checks the real size itself, without the page's "complete" call.
     data = images.jpeg((400, 300))
-    upload_id = upload_file(alice, data + b"\0" * 1000, "image/jpeg", "big.jpg", declared_size=len(data))
+    upload_id = upload_file(
+        alice, data + b"\0" * 1000, "image/jpeg", "big.jpg", declared_size=len(data)
+    )
 
     upload = settled(upload_id)
 

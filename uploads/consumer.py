@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
-
 from uploads import s3
 from uploads.events import MalformedEvent, ObjectCreated, parse_s3_event
 from uploads.models import Status, Upload
@@ -73,7 +71,9 @@ def handle_batch(queue: str, messages: list[dict[str, Any]]) -> BatchResult:
                 else:
                     result.ignored += 1
         except Exception:
-            logger.exception("failed to handle message %s; it will be retried", message.get("MessageId"))
+            logger.exception(
+                "failed to handle message %s; it will be retried", message.get("MessageId")
+            )
             result.failed += 1
             continue
         if not events:

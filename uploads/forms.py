@@ -58,6 +58,6 @@ class StartUploadForm(forms.Form):
 class SignUpForm(UserCreationForm):
     email = forms.EmailField(help_text="Where we tell you when your uploads are ready.")
 
-    class Meta(UserCreationForm.Meta):
+    class Meta(UserCreationForm.Meta):  # type: ignore[name-defined]
         model = User
         fields = ("username", "email")

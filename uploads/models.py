@@ -87,9 +87,7 @@ class Upload(models.Model):
         return filetypes.is_image(self.content_type)
 
     @classmethod
-    def start(
-        cls, owner: AbstractBaseUser, filename: str, content_type: str, size: int
-    ) -> Upload:
+    def start(cls, owner: AbstractBaseUser, filename: str, content_type: str, size: int) -> Upload:
         """Create a pending upload with a fresh, unguessable key."""
         upload_id = uuid.uuid4()
         key = f"uploads/{upload_id}{filetypes.extension_for(content_type)}"

@@ -194,3 +194,39 @@ def queue_depth(name: str) -> dict[str, int]:
         "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
         "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
     }
+
+
+# --- Maintenance (cleanup_uploads, redrive_dead_letters) ---
+
+
+def iter_multipart_uploads(prefix: str = "") -> Iterator[dict[str, Any]]:
+    """Every multipart upload begun and neither completed nor aborted, page by page."""
+    paginator = client("s3").get_paginator("list_multipart_uploads")
+    for page in paginator.paginate(Bucket=bucket(), Prefix=prefix):
+        yield from page.get("Uploads", [])
+
+
+def abort_multipart_upload(key: str, upload_id: str) -> bool:
+    """Abort one multipart upload; False if it was already gone."""
+    try:
+        client("s3").abort_multipart_upload(Bucket=bucket(), Key=key, UploadId=upload_id)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+            return False
+        raise
+    return True
+
+
+def send_messages(name: str, bodies: list[str]) -> list[int]:
+    """Send bodies in batches of 10; returns the indexes SQS failed to accept."""
+    failed: list[int] = []
+    for start in range(0, len(bodies), 10):
+        batch = bodies[start : start + 10]
+        response = client("sqs").send_message_batch(
+            QueueUrl=queue_url(name),
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(batch)],
+        )
+        for failure in response.get("Failed", []):
+            logger.error("could not send a message to %s: %s", name, failure)
+            failed.append(start + int(failure["Id"]))
+    return failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -75,7 +76,7 @@ def regenerate_thumbnails(self, upload_id: str, force: bool = False) -> None:  #
         raise self.retry(countdown=2**self.request.retries, exc=error) from error
 
 
-def build(upload: Upload) -> dict[str, object]:
+def build(upload: Upload) -> dict[str, Any]:
     """Download, sniff and thumbnail one upload; returns the fields to record."""
     description = filetypes.describe(upload.content_type)
     with tempfile.NamedTemporaryFile(suffix=".upload") as temp:

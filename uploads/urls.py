@@ -7,7 +7,9 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("api/uploads/", views.uploads_collection, name="api_uploads"),
     path("api/uploads/<uuid:upload_id>/", views.upload_detail, name="api_upload"),
-    path("api/uploads/<uuid:upload_id>/complete", views.complete_upload, name="api_upload_complete"),
+    path(
+        "api/uploads/<uuid:upload_id>/complete", views.complete_upload, name="api_upload_complete"
+    ),
     path("api/notifications/", views.notifications_collection, name="api_notifications"),
     path("api/notifications/read", views.notifications_read, name="api_notifications_read"),
     path("healthz", views.healthz, name="healthz"),

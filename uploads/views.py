@@ -7,11 +7,12 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -55,6 +56,11 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     from django.views.csrf import csrf_failure as default_csrf_failure
 
     return default_csrf_failure(request, reason)
+
+
+def signed_in_user(request: HttpRequest) -> User:
+    """The user of a request that api_login_required or login_required let through."""
+    return cast(User, request.user)
 
 
 def read_json(request: HttpRequest) -> dict[str, Any] | None:
@@ -200,7 +206,7 @@ def start_upload(request: HttpRequest) -> HttpResponse:
     form = StartUploadForm(body)
     if not form.is_valid():
         return form_error(form)
-    upload = Upload.start(request.user, **form.cleaned_data)
+    upload = Upload.start(signed_in_user(request), **form.cleaned_data)
     expires_in = settings.UPLOAD_URL_EXPIRES
     post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
     logger.info("upload %s started by user %s: %s bytes", upload.pk, request.user.pk, upload.size)
@@ -251,7 +257,7 @@ def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
 @api_login_required
 @require_GET
 def notifications_collection(request: HttpRequest) -> HttpResponse:
-    mine = Notification.objects.filter(owner=request.user)
+    mine = Notification.objects.filter(owner=signed_in_user(request))
     page = keyset_page(request, mine, 20)
     if isinstance(page, JsonResponse):
         return page
@@ -282,7 +288,7 @@ def notifications_read(request: HttpRequest) -> HttpResponse:
     body = read_json(request)
     if body is None:
         return error("invalid", "The request body must be a JSON object.")
-    unread = Notification.objects.filter(owner=request.user, read=False)
+    unread = Notification.objects.filter(owner=signed_in_user(request), read=False)
     ids = body.get("ids")
     if ids is not None:
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
@@ -312,4 +318,6 @@ def healthz(request: HttpRequest) -> HttpResponse:
             logger.warning("health check %s failed: %s", name, exc)
             checks[name] = "down"
     down = [name for name, state in checks.items() if state != "ok"]
-    return JsonResponse({"status": "down" if down else "ok", "checks": checks}, status=503 if down else 200)
+    return JsonResponse(
+        {"status": "down" if down else "ok", "checks": checks}, status=503 if down else 200
+    )

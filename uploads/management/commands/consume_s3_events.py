@@ -59,7 +59,11 @@ class Command(BaseCommand):
                     setattr(total, name, getattr(total, name) + getattr(result, name))
                 logger.info(
                     "batch of %s: %s handled, %s ignored, %s malformed, %s failed",
-                    len(messages), result.handled, result.ignored, result.malformed, result.failed,
+                    len(messages),
+                    result.handled,
+                    result.ignored,
+                    result.malformed,
+                    result.failed,
                 )
             if once:
                 break

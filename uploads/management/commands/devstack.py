@@ -9,6 +9,7 @@ points at an object that is not there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,7 +59,9 @@ class Command(BaseCommand):
         moto.start()
         try:
             restored = self.restore()
-            self.stdout.write(f"S3 + SQS on {settings.AWS_ENDPOINT_URL} ({restored} objects restored)")
+            self.stdout.write(
+                f"S3 + SQS on {settings.AWS_ENDPOINT_URL} ({restored} objects restored)"
+            )
             call_command("setup_storage")
             self.reconcile()
             self.start_children(port, workers)
@@ -83,9 +86,20 @@ class Command(BaseCommand):
         python = sys.executable
         commands = {
             "worker": [
-                python, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO",
-                "-Q", "images,notifications", "--concurrency", str(workers),
-                "--without-gossip", "--without-mingle",
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                "images,notifications",
+                "--concurrency",
+                str(workers),
+                "--without-gossip",
+                "--without-mingle",
             ],
             "consumer": [python, "manage.py", "consume_s3_events"],
             "web": [python, "manage.py", "runserver", f"127.0.0.1:{port}"],
@@ -118,10 +132,8 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 self.stderr.write(f"{name} did not stop in time; killing it.")
             # Kill whatever is left in the group (a runserver child, a pool worker).
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait()
 
     # --- persistence of the embedded bucket ---
@@ -162,7 +174,10 @@ class Command(BaseCommand):
             if meta["CacheControl"]:
                 extra["CacheControl"] = meta["CacheControl"]
             client.upload_file(
-                str(self.snapshot_dir / "objects" / number), s3.bucket(), meta["Key"], ExtraArgs=extra
+                str(self.snapshot_dir / "objects" / number),
+                s3.bucket(),
+                meta["Key"],
+                ExtraArgs=extra,
             )
         return len(index)
 
@@ -181,20 +196,28 @@ class Command(BaseCommand):
         )
         for upload in lost:
             upload.finish(
-                Status.FAILED, "The stored file was lost; please upload it again.", expected=upload.status
+                Status.FAILED,
+                "The stored file was lost; please upload it again.",
+                expected=upload.status,
             )
         from uploads.tasks import process_upload, regenerate_thumbnails, send_notification_email
 
-        in_flight = list(Upload.objects.filter(status=Status.PROCESSING).values_list("pk", flat=True))
+        in_flight = list(
+            Upload.objects.filter(status=Status.PROCESSING).values_list("pk", flat=True)
+        )
         for upload_id in in_flight:
             process_upload.delay(str(upload_id))
         # Their events were lost with moto's queue: check them as the event would have.
         for upload in Upload.objects.filter(status=Status.PENDING, file__in=present):
             upload.accept_arrival()
         if lost_thumbs_count:
-            for upload_id in Upload.objects.filter(status=Status.READY).values_list("pk", flat=True):
+            for upload_id in Upload.objects.filter(status=Status.READY).values_list(
+                "pk", flat=True
+            ):
                 regenerate_thumbnails.delay(str(upload_id))
-        for notification_id in Notification.objects.filter(emailed_at=None).values_list("pk", flat=True):
+        for notification_id in Notification.objects.filter(emailed_at=None).values_list(
+            "pk", flat=True
+        ):
             send_notification_email.delay(notification_id)
         if lost_thumbs_count or lost:
             self.stdout.write(
