@@ -180,14 +180,20 @@ def test_file_larger_than_declared_is_rejected_on_complete(alice: Client) -> Non
     assert s3.head(Upload.objects.get(pk=body["id"]).key) is None
 
 
-def test_detail_has_signed_urls_and_the_bucket_stays_private(alice: Client) -> None:
+def test_the_original_is_linked_by_a_short_lived_signed_url_once_ready(alice: Client) -> None:
     data = jpeg_bytes()
     body = start_jpeg(alice, data)
     post_to_s3(body, data)
-    detail = alice.post(f"/api/uploads/{body['id']}/complete").json()
+    assert alice.post(f"/api/uploads/{body['id']}/complete").json()["url"] is None
+    Upload.objects.filter(pk=body["id"]).update(status=Status.READY, detected_type="image/jpeg")
 
-    assert "X-Amz-Signature=" in detail["url"] and "X-Amz-Expires=" in detail["url"]
-    assert requests.get(detail["url"], timeout=10).content == data
+    detail = alice.get(f"/api/uploads/{body['id']}/").json()
+
+    assert "X-Amz-Signature=" in detail["url"] and "X-Amz-Expires=300" in detail["url"]
+    response = requests.get(detail["url"], timeout=10)
+    assert response.content == data
+    assert response.headers["Content-Type"] == "image/jpeg"
+    assert response.headers["Content-Disposition"] == "inline; filename*=UTF-8''photo.jpg"
 
 
 def test_list_is_newest_first_and_paginated(alice: Client, user: Any, settings: Any) -> None:
@@ -271,3 +277,28 @@ def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
     )
     assert response.status_code == 302
     assert client.get("/").status_code == 200
+
+
+def test_check_deploy_is_clean_with_production_settings() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": "x" * 20 + "a-long-random-production-secret-key-0123456789",
+        "ALLOWED_HOSTS": "uploads.example.com",
+        "AWS_ENDPOINT_URL": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

@@ -4,6 +4,7 @@ import logging
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import models, transaction
@@ -167,6 +168,20 @@ class Upload(models.Model):
             logger.info("upload %s is %s %s", self.pk, outcome, error)
         return bool(moved)
 
+    def signed_url(self) -> str:
+        """A short-lived link to the original, served as the verified type."""
+        return str(
+            self.file.storage.url(
+                self.key,
+                parameters={
+                    "ResponseContentType": self.detected_type or self.content_type,
+                    "ResponseContentDisposition": (
+                        f"inline; filename*=UTF-8''{quote(self.filename, safe='')}"
+                    ),
+                },
+            )
+        )
+
     def object_keys(self) -> list[str]:
         """Every S3 object this upload owns."""
         return [self.key, *(t.key for t in self.thumbnails.all())]
@@ -175,7 +190,12 @@ class Upload(models.Model):
         """Delete the row and its S3 objects; returns keys S3 failed to delete."""
         keys = self.object_keys()
         self.delete()
-        return s3.delete_many(keys)
+        try:
+            return s3.delete_many(keys)
+        except Exception:
+            # The row is gone either way; cleanup_uploads removes the orphans later.
+            logger.exception("could not delete the objects of upload %s", self.pk)
+            return keys
 
 
 class Thumbnail(models.Model):

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, cast
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -81,7 +82,8 @@ def not_found() -> JsonResponse:
 
 
 def serialize_upload(upload: Upload) -> dict[str, Any]:
-    has_object = upload.status in (Status.PROCESSING, Status.READY)
+    # The original is handed out only once its bytes have been verified.
+    ready = upload.status == Status.READY
     return {
         "id": str(upload.id),
         "filename": upload.filename,
@@ -90,14 +92,14 @@ def serialize_upload(upload: Upload) -> dict[str, Any]:
         "content_type": upload.content_type,
         "created_at": upload.created_at.isoformat(),
         "error": upload.error,
-        "url": upload.file.url if has_object else None,
+        "url": upload.signed_url() if ready else None,
         "width": upload.width,
         "height": upload.height,
         "thumbnails": [
             {"name": t.name, "width": t.width, "height": t.height, "url": t.file.url}
             for t in upload.thumbnails.all()
         ]
-        if upload.status == Status.READY
+        if ready
         else [],
     }
 
@@ -243,7 +245,15 @@ def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
     upload = owned_upload(request, upload_id)
     if upload is None:
         return not_found()
-    upload.accept_arrival()
+    try:
+        upload.accept_arrival()
+    except (BotoCoreError, ClientError, ConnectionError):
+        logger.exception("could not check the arrival of upload %s", upload.pk)
+        return error(
+            "storage_unavailable",
+            "Storage is not answering; the upload will finish on its own.",
+            503,
+        )
     upload.refresh_from_db()
     if upload.status == Status.PENDING:
         return error("not_uploaded", "The file has not arrived in storage yet.", status=409)
