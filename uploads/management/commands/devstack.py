@@ -2,19 +2,20 @@
 
 moto's server plays S3 and SQS (in this process), and child processes run the
 Celery worker, the S3 event consumer and Django's development server. moto
-keeps everything in memory, so the bucket is saved under var/aws/ on the way
-out and restored on the way in; a reconciliation pass then makes sure no row
-points at an object that is not there.
+keeps everything in memory, so the bucket is saved under var/aws/ as it
+changes and on the way out, and restored on the way in; a reconciliation pass
+then makes sure no row points at an object that is not there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,19 @@ from uploads import s3
 from uploads.models import Notification, Status, Thumbnail, Upload
 
 logger = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY_SECONDS = 15
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers do: connections lingering in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class Command(BaseCommand):
@@ -49,6 +63,17 @@ class Command(BaseCommand):
         self.stopping = False
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGHUP, self.on_signal)
+
+        for host, number in (
+            (endpoint.hostname or "127.0.0.1", endpoint.port or 80),
+            ("127.0.0.1", port),
+        ):
+            if not port_is_free(host, number):
+                raise CommandError(
+                    f"Port {number} is already in use (another `make dev`?). "
+                    "Stop it, or choose other ports with PORT=... and AWS_ENDPOINT_URL=..."
+                )
 
         from moto.server import ThreadedMotoServer
 
@@ -111,11 +136,19 @@ class Command(BaseCommand):
             self.children.append((name, process))
 
     def supervise(self) -> None:
+        last_snapshot = time.monotonic()
         while not self.stopping:
             for name, process in self.children:
                 if process.poll() is not None:
                     self.stderr.write(f"{name} exited with {process.returncode}; stopping.")
                     self.stopping = True
+            # Saved as we go too, so that even a crash loses little.
+            if time.monotonic() - last_snapshot > SNAPSHOT_EVERY_SECONDS:
+                try:
+                    self.snapshot()
+                except Exception:
+                    logger.exception("saving the embedded bucket failed; will retry")
+                last_snapshot = time.monotonic()
             time.sleep(0.5)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -139,25 +172,44 @@ class Command(BaseCommand):
     # --- persistence of the embedded bucket ---
 
     def snapshot(self) -> int:
-        """Copy every object of the bucket to var/aws/, replacing the last copy."""
-        staging = self.snapshot_dir.with_name("aws.saving")
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "objects").mkdir(parents=True)
+        """Bring the copy of the bucket under var/aws/ up to date.
+
+        Incremental (only new or changed objects are downloaded) and safe to
+        interrupt: files are written first, then the index replaces the old
+        one in a single rename.
+        """
+        objects_dir = self.snapshot_dir / "objects"
+        objects_dir.mkdir(parents=True, exist_ok=True)
+        index_path = self.snapshot_dir / "index.json"
+        previous = json.loads(index_path.read_text()) if index_path.exists() else {}
         index = {}
         client = s3.client("s3")
-        for number, obj in enumerate(s3.iter_objects("")):
-            key = obj["Key"]
+        for obj in s3.iter_objects(""):
+            key, etag = obj["Key"], obj["ETag"]
+            kept = previous.get(key)
+            if kept and kept["ETag"] == etag and (objects_dir / kept["file"]).exists():
+                index[key] = kept
+                continue
+            name = hashlib.sha256(key.encode()).hexdigest()
             head = client.head_object(Bucket=s3.bucket(), Key=key)
-            with open(staging / "objects" / str(number), "wb") as out:
+            partial = objects_dir / f"{name}.partial"
+            with open(partial, "wb") as out:
                 s3.download_to(key, out)
-            index[str(number)] = {
-                "Key": key,
+            partial.replace(objects_dir / name)
+            index[key] = {
+                "file": name,
+                "ETag": etag,
                 "ContentType": head.get("ContentType", "binary/octet-stream"),
                 "CacheControl": head.get("CacheControl", ""),
             }
-        (staging / "index.json").write_text(json.dumps(index))
-        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
-        staging.rename(self.snapshot_dir)
+        if index != previous:
+            partial_index = index_path.with_suffix(".partial")
+            partial_index.write_text(json.dumps(index))
+            partial_index.replace(index_path)
+            kept_files = {entry["file"] for entry in index.values()}
+            for path in objects_dir.iterdir():
+                if path.name not in kept_files:
+                    path.unlink()
         return len(index)
 
     def restore(self) -> int:
@@ -169,14 +221,14 @@ class Command(BaseCommand):
         provisioning.create_bucket()
         index = json.loads(index_path.read_text())
         client = s3.client("s3")
-        for number, meta in index.items():
-            extra = {"ContentType": meta["ContentType"]}
-            if meta["CacheControl"]:
-                extra["CacheControl"] = meta["CacheControl"]
+        for key, entry in index.items():
+            extra = {"ContentType": entry["ContentType"]}
+            if entry["CacheControl"]:
+                extra["CacheControl"] = entry["CacheControl"]
             client.upload_file(
-                str(self.snapshot_dir / "objects" / number),
+                str(self.snapshot_dir / "objects" / entry["file"]),
                 s3.bucket(),
-                meta["Key"],
+                key,
                 ExtraArgs=extra,
             )
         return len(index)
