@@ -17,7 +17,7 @@ install: $(BIN)/.installed
 dev: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py devstack --port $(PORT)
+	PORT=$(PORT) $(BIN)/python manage.py devstack
 
 test: install
 	$(BIN)/python -m pytest

@@ -166,9 +166,11 @@ S3_EVENTS_MAX_RECEIVES = env_int("S3_EVENTS_MAX_RECEIVES", 5)
 S3_EVENTS_VISIBILITY_TIMEOUT = env_int("S3_EVENTS_VISIBILITY_TIMEOUT", 60)
 
 # Origins allowed to POST files to the bucket and GET them (bucket CORS).
+# In development, the site's own origin (`make dev` honours PORT).
+_dev_port = env_int("PORT", 8000)
 UPLOAD_CORS_ORIGINS = env_list(
     "UPLOAD_CORS_ORIGINS",
-    ["http://127.0.0.1:8000", "http://localhost:8000"] if DEBUG else [],
+    [f"http://127.0.0.1:{_dev_port}", f"http://localhost:{_dev_port}"] if DEBUG else [],
 )
 
 STORAGES = {
@@ -274,7 +276,7 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "uploads@localhost")
-SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+SITE_URL = os.environ.get("SITE_URL", f"http://127.0.0.1:{_dev_port}").rstrip("/")
 
 # --- Security for production ---
 

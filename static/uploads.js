@@ -6,6 +6,7 @@ const queue = document.getElementById("queue");
 const gallery = document.getElementById("gallery");
 const announcer = document.getElementById("announcer");
 const loadMore = document.getElementById("load-more");
+const emptyGallery = document.getElementById("gallery-empty");
 const FINAL = new Set(["ready", "rejected", "failed", "expired"]);
 
 const MESSAGES = {
@@ -17,7 +18,10 @@ const MESSAGES = {
   csrf_failed: "The page is out of date: reload it.",
   not_found: "This upload no longer exists.",
   not_uploaded: "Storage has not received the file.",
+  network: "The server could not be reached: check the connection and retry.",
 };
+// Types a browser can show from the local file while it uploads.
+const PREVIEWABLE = new Set(["image/jpeg", "image/png", "image/webp", "image/gif", "image/avif"]);
 
 function csrfToken() {
   const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
@@ -25,12 +29,17 @@ function csrfToken() {
 }
 
 async function api(url, { method = "GET", body } = {}) {
-  const response = await fetch(url, {
-    method,
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    return { ok: false, status: 0, error: { code: "network", message: MESSAGES.network } };
+  }
   if (response.status === 204) return { ok: true, data: null };
   let data = null;
   try {
@@ -76,6 +85,7 @@ function statusLabel(status) {
   return {
     pending: "Waiting",
     uploading: "Uploading",
+    uploaded: "Uploaded",
     processing: "Processing…",
     ready: "Ready",
     rejected: "Rejected",
@@ -88,48 +98,73 @@ function statusLabel(status) {
 
 // --- One row per file being uploaded ---
 
+let rowCount = 0;
+
 class UploadRow {
   constructor(file) {
     this.file = file;
     this.upload = null;
     this.xhr = null;
     this.pollTimer = null;
-    const id = `row-${crypto.randomUUID()}`;
+    this.cancelled = false;
+    // Not crypto.randomUUID(): it only exists on HTTPS and localhost.
+    rowCount += 1;
+    const id = `row-${rowCount}`;
     this.progress = element("progress", { max: "100", value: "0", "aria-labelledby": `${id}-name` });
     this.percent = element("span", { class: "percent", text: "0 %" });
     this.speed = element("span", { class: "speed" });
     this.status = element("span", { class: "status", text: statusLabel("pending") });
     this.message = element("span", { class: "message" });
-    this.cancelButton = element("button", { type: "button", text: "Cancel" });
-    this.retryButton = element("button", { type: "button", text: "Retry", hidden: "" });
-    this.preview = element("span", { class: "preview" });
+    this.cancelButton = element("button", {
+      type: "button",
+      class: "secondary",
+      text: "Cancel",
+      "aria-label": `Cancel ${file.name}`,
+    });
+    this.retryButton = element("button", {
+      type: "button",
+      text: "Retry",
+      "aria-label": `Retry ${file.name}`,
+      hidden: "",
+    });
+    this.preview = element("span", { class: "preview" }, localPreview(file));
     this.cancelButton.addEventListener("click", () => this.cancel());
     this.retryButton.addEventListener("click", () => this.retry());
     this.node = element(
       "li",
-      { class: "row", id, "data-state": "pending" },
+      { class: "row", id, "data-state": "pending", tabindex: "-1" },
       this.preview,
       element(
         "div",
         { class: "details" },
-        element("span", { class: "name", id: `${id}-name`, text: file.name }),
-        element("span", { class: "size", text: formatBytes(file.size) }),
+        element(
+          "div",
+          { class: "line" },
+          element("span", { class: "name", id: `${id}-name`, text: file.name }),
+          element("span", { class: "size", text: formatBytes(file.size) }),
+        ),
         element("div", { class: "bar" }, this.progress, this.percent, this.speed),
-        element("div", {}, this.status, " ", this.message),
+        element("div", { class: "line" }, this.status, this.message),
       ),
       element("div", { class: "actions" }, this.cancelButton, this.retryButton),
     );
     queue.prepend(this.node);
   }
 
-  setState(state, message = "") {
+  setState(state, message = "", { retryable = ["error", "cancelled", "failed"].includes(state) } = {}) {
+    const hadFocus = this.node.contains(document.activeElement);
     this.node.dataset.state = state;
     this.status.textContent = statusLabel(state);
     this.message.textContent = message;
-    const retryable = ["error", "cancelled", "failed"].includes(state);
     this.retryButton.hidden = !retryable;
-    this.cancelButton.hidden = !["pending", "uploading", "uploaded"].includes(state);
+    // Once the bytes are in storage there is nothing left to cancel.
+    this.cancelButton.hidden = !["pending", "uploading"].includes(state);
     if (state !== "uploading") this.speed.textContent = "";
+    // A keyboard user who pressed Cancel or Retry keeps their place in the row.
+    if (hadFocus && !this.node.contains(document.activeElement)) {
+      const visible = [this.retryButton, this.cancelButton].find((button) => !button.hidden);
+      (visible || this.node).focus();
+    }
     announce(`${this.file.name}: ${statusLabel(state)}${message ? `. ${message}` : ""}`);
   }
 
@@ -149,9 +184,9 @@ class UploadRow {
     const problem = this.checkLocally();
     if (problem) {
       this.setState("rejected", problem);
-      this.retryButton.hidden = true;
       return;
     }
+    this.cancelled = false;
     this.setState("pending", "Preparing…");
     const result = await api(config.uploadsUrl, {
       method: "POST",
@@ -161,11 +196,15 @@ class UploadRow {
       const message = result.error.message || MESSAGES[result.error.code] || "The upload was refused.";
       const permanent = ["too_large", "type_not_allowed", "invalid_filename", "invalid"];
       this.setState(permanent.includes(result.error.code) ? "rejected" : "error", message);
-      if (permanent.includes(result.error.code)) this.retryButton.hidden = true;
       return;
     }
     this.upload = result.data.upload;
     this.node.dataset.uploadId = this.upload.id;
+    if (this.cancelled) {
+      // Cancel was pressed while the server prepared the form.
+      this.discard();
+      return;
+    }
     this.send(result.data.url, result.data.fields);
   }
 
@@ -200,7 +239,7 @@ class UploadRow {
     });
     xhr.addEventListener("abort", () => {
       this.xhr = null;
-      this.setState("cancelled", "");
+      this.discard();
     });
     xhr.open("POST", url);
     xhr.send(form);
@@ -209,7 +248,6 @@ class UploadRow {
 
   async complete() {
     this.setState("uploaded", "Checking…");
-    this.node.dataset.state = "uploaded";
     const result = await api(`${config.uploadsUrl}${this.upload.id}/complete`, { method: "POST" });
     if (result.ok) this.show(result.data);
     // Even if this call failed, S3's own event will move the upload on.
@@ -245,11 +283,19 @@ class UploadRow {
   }
 
   cancel() {
-    if (this.xhr) this.xhr.abort();
-    clearTimeout(this.pollTimer);
+    this.cancelled = true;
+    if (this.xhr) this.xhr.abort(); // its abort handler discards the upload
+    else if (!this.upload) this.setState("cancelled", "", { retryable: false });
+  }
+
+  // Forget an upload whose file never reached storage, so it is not listed.
+  discard() {
     if (this.upload && this.upload.status === "pending") {
       api(`${config.uploadsUrl}${this.upload.id}/`, { method: "DELETE" });
     }
+    this.upload = null;
+    delete this.node.dataset.uploadId;
+    this.setState("cancelled");
   }
 
   async retry() {
@@ -263,6 +309,25 @@ class UploadRow {
   }
 }
 
+function fileIcon(contentType) {
+  const kind = (contentType.split("/")[1] || "file").toUpperCase();
+  return element("span", { class: "file-icon", "aria-hidden": "true", text: kind });
+}
+
+// The file itself, shown from memory while it uploads (no request is made).
+function localPreview(file) {
+  if (!PREVIEWABLE.has(file.type) || file.size > config.maxBytes) return fileIcon(file.type || "file");
+  const url = URL.createObjectURL(file);
+  const img = element("img", { src: url, alt: "" });
+  const release = () => URL.revokeObjectURL(url);
+  img.addEventListener("load", release, { once: true });
+  img.addEventListener("error", () => {
+    release();
+    img.replaceWith(fileIcon(file.type));
+  }, { once: true });
+  return img;
+}
+
 function thumbnailFor(upload) {
   const thumb = upload.thumbnails.find((t) => t.name === "256") || upload.thumbnails[0];
   if (thumb) {
@@ -274,7 +339,7 @@ function thumbnailFor(upload) {
       loading: "lazy",
     });
   }
-  return element("span", { class: "file-icon", text: upload.content_type.split("/")[1].toUpperCase() });
+  return fileIcon(upload.content_type);
 }
 
 // --- The user's earlier uploads ---
@@ -292,18 +357,27 @@ const galleryItems = {
       if (result.ok || result.status === 404) {
         this.nodes.get(upload.id)?.remove();
         this.nodes.delete(upload.id);
+        this.showEmpty();
         announce(`${upload.filename} deleted`);
       }
     });
     const link = upload.url
-      ? element("a", { href: upload.url, target: "_blank", rel: "noopener" }, thumbnailFor(upload))
+      ? element(
+          "a",
+          { href: upload.url, target: "_blank", rel: "noopener", "aria-label": `Open ${upload.filename}` },
+          thumbnailFor(upload),
+        )
       : thumbnailFor(upload);
     return element(
       "li",
       { class: "tile", "data-status": upload.status, "data-upload-id": upload.id },
       link,
       element("span", { class: "name", text: upload.filename }),
-      element("span", { class: "status", text: statusLabel(upload.status) }),
+      element("span", {
+        class: "status",
+        // In the list, a pending upload is one whose file never arrived.
+        text: upload.status === "pending" ? "Not uploaded" : statusLabel(upload.status),
+      }),
       upload.error ? element("span", { class: "message", text: upload.error }) : "",
       remove,
     );
@@ -316,15 +390,22 @@ const galleryItems = {
     else if (append) gallery.append(node);
     else gallery.prepend(node);
     this.nodes.set(upload.id, node);
+    this.showEmpty();
+  },
+
+  showEmpty() {
+    emptyGallery.hidden = this.nodes.size > 0 || Boolean(this.next);
   },
 
   async loadNext() {
     if (!this.next) return;
     const result = await api(this.next);
     if (!result.ok) return;
-    for (const upload of result.data.results) this.upsert(upload, true);
     this.next = result.data.next;
+    for (const upload of result.data.results) this.upsert(upload, true);
     loadMore.hidden = !this.next;
+    gallery.setAttribute("aria-busy", "false");
+    this.showEmpty();
   },
 };
 
@@ -335,6 +416,7 @@ const notifications = {
   delay: 3000,
   badge: document.getElementById("unread-count"),
   label: document.getElementById("unread-label"),
+  button: document.getElementById("notifications"),
 
   async refresh() {
     const result = await api(config.notificationsUrl);
@@ -342,6 +424,7 @@ const notifications = {
       const unread = result.data.unread;
       this.badge.textContent = String(unread);
       this.badge.hidden = unread === 0;
+      this.button.hidden = unread === 0;
       const latest = result.data.results.find((n) => !n.read);
       this.label.textContent = unread
         ? `${unread} new: ${latest ? latest.message : ""}`
@@ -369,9 +452,20 @@ const notifications = {
 
 // --- Wiring ---
 
+const rows = new Set();
+
 function addFiles(fileList) {
-  for (const file of fileList) new UploadRow(file).start();
+  for (const file of fileList) {
+    const row = new UploadRow(file);
+    rows.add(row);
+    row.start();
+  }
 }
+
+// Leaving the page stops every transfer still running: ask first.
+window.addEventListener("beforeunload", (event) => {
+  if ([...rows].some((row) => row.xhr)) event.preventDefault();
+});
 
 const dropzone = document.getElementById("dropzone");
 const input = document.getElementById("file-input");
@@ -385,13 +479,23 @@ for (const type of ["dragenter", "dragover"]) {
     dropzone.classList.add("over");
   });
 }
-for (const type of ["dragleave", "drop"]) {
-  dropzone.addEventListener(type, () => dropzone.classList.remove("over"));
-}
+dropzone.addEventListener("dragleave", (event) => {
+  // Moving over the zone's own children fires dragleave too.
+  if (!dropzone.contains(event.relatedTarget)) dropzone.classList.remove("over");
+});
 dropzone.addEventListener("drop", (event) => {
   event.preventDefault();
+  dropzone.classList.remove("over");
   addFiles(event.dataTransfer.files);
 });
+// A file dropped beside the zone would otherwise replace the page with the file.
+for (const type of ["dragover", "drop"]) {
+  window.addEventListener(type, (event) => {
+    if (dropzone.contains(event.target)) return;
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "none";
+  });
+}
 loadMore.addEventListener("click", () => galleryItems.loadNext());
 document.getElementById("notifications")?.addEventListener("click", () => notifications.markRead());
 

@@ -308,3 +308,29 @@ def test_a_file_larger_than_declared_is_rejected_from_the_event(
     assert upload.status == Status.REJECTED
     assert "bytes were announced" in upload.error
     wait_for(lambda: s3.head(upload.key) is None, timeout=10)
+
+
+def test_a_worker_on_a_redis_broker_processes_uploads_too(
+    pipeline: Processes, alice: Client, tmp_path: Path
+) -> None:
+    from kombu import Connection
+
+    from uploads.tasks import process_upload
+
+    redis_url = "redis://127.0.0.1:6379/13"
+    upload_id = upload_file(alice, jpeg((640, 480)), "image/jpeg", "redis.jpg")
+    # Claimed by the SQS-based pipeline; process it again through Redis.
+    settled(upload_id)
+    Upload.objects.filter(pk=upload_id).update(status=Status.PROCESSING)
+    Notification.objects.filter(upload_id=upload_id).delete()
+    redis_worker = Processes({**pipeline.env, "CELERY_BROKER_URL": redis_url}, tmp_path)
+    redis_worker.start_worker()
+    try:
+        with Connection(redis_url) as connection:
+            process_upload.apply_async((upload_id,), connection=connection)
+        upload = settled(upload_id)
+        assert upload.status == Status.READY
+        assert Notification.objects.filter(upload_id=upload_id).count() == 1
+        assert "Connected to redis://" in redis_worker.log("worker")
+    finally:
+        redis_worker.stop_all()

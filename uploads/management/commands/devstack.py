@@ -51,10 +51,12 @@ class Command(BaseCommand):
     help = "Start moto (S3 + SQS), a Celery worker, the S3 event consumer and the web server."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        # The port comes from PORT only, so that settings (CORS origins, links
+        # in emails) and the server agree on it.
         parser.add_argument("--workers", type=int, default=2, help="Celery worker processes.")
 
-    def handle(self, *args: Any, port: int, workers: int, **options: Any) -> None:
+    def handle(self, *args: Any, workers: int, **options: Any) -> None:
+        port = int(os.environ.get("PORT", 8000))
         if not settings.EMBEDDED_AWS:
             raise CommandError("devstack runs the embedded endpoint; AWS_ENDPOINT_URL is empty.")
         endpoint = urlsplit(settings.AWS_ENDPOINT_URL)
