@@ -58,7 +58,9 @@ def _show_process_logs_on_failure(request: pytest.FixtureRequest) -> Any:
     if report is not None and report.failed and "pipeline" in request.fixturenames:
         processes: Processes = request.getfixturevalue("pipeline")
         for name in ("consumer", "worker"):
-            print(f"----- {name} log (tail) -----\n{processes.log(name)[-6000:]}")
+            process = processes.running.get(name)
+            state = "not running" if process is None else f"exit code {process.poll()}"
+            print(f"----- {name} ({state}) log tail -----\n{processes.log(name)[-6000:]}")
 
 
 def settled(upload_id: str, timeout: float = 30) -> Upload:
