@@ -216,6 +216,8 @@ UPLOAD_ALLOWED_TYPES = env_list(
     ],
 )
 UPLOAD_URL_EXPIRES = env_int("UPLOAD_URL_EXPIRES", 10 * 60)
+# Forms one user may hold at once (and uploads in processing): a cap on abuse.
+UPLOAD_MAX_IN_FLIGHT = env_int("UPLOAD_MAX_IN_FLIGHT", 100)
 UPLOAD_PAGE_SIZE = env_int("UPLOAD_PAGE_SIZE", 24)
 # Longest side, in pixels, of each thumbnail made for an image.
 THUMBNAIL_SIZES = [int(size) for size in env_list("THUMBNAIL_SIZES", ["256", "1024"])]

@@ -302,3 +302,18 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_too_many_uploads_in_flight_is_refused_until_some_finish(
+    alice: Client, settings: Any
+) -> None:
+    settings.UPLOAD_MAX_IN_FLIGHT = 2
+    first = start_jpeg(alice, b"1")
+    start_jpeg(alice, b"2")
+
+    response = start(alice, filename="3.jpg", content_type="image/jpeg", size=1)
+    assert response.status_code == 429
+    assert error_code(response) == "too_many_uploads"
+
+    Upload.objects.filter(pk=first["id"]).update(status=Status.READY)
+    assert start(alice, filename="3.jpg", content_type="image/jpeg", size=1).status_code == 201

@@ -39,6 +39,13 @@ class UploadQuerySet(models.QuerySet["Upload"]):
     def newest_first(self) -> UploadQuerySet:
         return self.order_by("-created_at", "-id")
 
+    def in_flight(self) -> UploadQuerySet:
+        """Forms handed out and still usable, and uploads being processed."""
+        usable_since = timezone.now() - timedelta(seconds=settings.UPLOAD_URL_EXPIRES)
+        return self.filter(
+            Q(status=Status.PENDING, created_at__gte=usable_since) | Q(status=Status.PROCESSING)
+        )
+
     def stale(self, older_than: timedelta) -> UploadQuerySet:
         """Pending uploads whose form has long expired: the file never came."""
         return self.filter(status=Status.PENDING, created_at__lt=timezone.now() - older_than)

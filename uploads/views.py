@@ -208,7 +208,15 @@ def start_upload(request: HttpRequest) -> HttpResponse:
     form = StartUploadForm(body)
     if not form.is_valid():
         return form_error(form)
-    upload = Upload.start(signed_in_user(request), **form.cleaned_data)
+    user = signed_in_user(request)
+    if Upload.objects.owned_by(user).in_flight().count() >= settings.UPLOAD_MAX_IN_FLIGHT:
+        return error(
+            "too_many_uploads",
+            f"You have {settings.UPLOAD_MAX_IN_FLIGHT} uploads in progress; "
+            "wait for some to finish.",
+            status=429,
+        )
+    upload = Upload.start(user, **form.cleaned_data)
     expires_in = settings.UPLOAD_URL_EXPIRES
     post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
     logger.info("upload %s started by user %s: %s bytes", upload.pk, request.user.pk, upload.size)
