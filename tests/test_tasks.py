@@ -1,0 +1,94 @@
+"""Task behaviour under faults that moto cannot produce on demand (storage outages)."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from tests import images
+from uploads import s3
+from uploads.models import Notification, Status, Upload
+from uploads.tasks import process_upload, regenerate_thumbnails
+
+pytestmark = pytest.mark.django_db
+
+
+def processing_jpeg(user: Any) -> Upload:
+    data = images.jpeg((640, 480))
+    upload = Upload.start(user, "a.jpg", "image/jpeg", len(data))
+    s3.put(upload.key, data, "image/jpeg", "no-cache")
+    Upload.objects.filter(pk=upload.pk).update(status=Status.PROCESSING)
+    return upload
+
+
+def test_transient_storage_errors_are_retried_then_fail(user: Any) -> None:
+    upload = processing_jpeg(user)
+    outage = EndpointConnectionError(endpoint_url="http://s3")
+
+    with mock.patch("uploads.s3.download_to", side_effect=outage) as download:
+        process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.FAILED
+    assert "try again later" in upload.error
+    assert download.call_count == 6  # the first try and 5 retries
+    assert Notification.objects.get(upload=upload).kind == "failed"
+
+
+def test_a_transient_error_that_clears_ends_ready(user: Any) -> None:
+    upload = processing_jpeg(user)
+    real_download = s3.download_to
+    calls = []
+
+    def flaky(key: str, fileobj: Any) -> None:
+        calls.append(key)
+        if len(calls) < 3:
+            raise EndpointConnectionError(endpoint_url="http://s3")
+        real_download(key, fileobj)
+
+    with mock.patch("uploads.s3.download_to", side_effect=flaky):
+        process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.READY
+    assert len(calls) == 3
+
+
+def test_an_unexpected_error_fails_at_once_without_retrying(user: Any) -> None:
+    upload = processing_jpeg(user)
+
+    with mock.patch("uploads.s3.download_to", side_effect=KeyError("bug")) as download:
+        process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.FAILED
+    assert download.call_count == 1
+
+
+def test_a_deleted_upload_is_skipped(user: Any) -> None:
+    upload = processing_jpeg(user)
+    upload.delete()
+    process_upload.apply(args=[str(upload.pk)])  # logs and returns
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+
+
+def test_regenerate_makes_only_missing_thumbnails_unless_forced(user: Any) -> None:
+    upload = processing_jpeg(user)
+    process_upload.apply(args=[str(upload.pk)])
+    upload.refresh_from_db()
+    assert upload.status == Status.READY
+    first = {t.name: t.created_at for t in upload.thumbnails.all()}
+
+    regenerate_thumbnails.apply(args=[str(upload.pk)])
+    assert {t.name: t.created_at for t in upload.thumbnails.all()} == first
+
+    upload.thumbnails.filter(name="256").delete()
+    regenerate_thumbnails.apply(args=[str(upload.pk)])
+    assert set(upload.thumbnails.values_list("name", flat=True)) == {"256", "1024"}
+    assert upload.thumbnails.get(name="1024").created_at > first["1024"]
+
+    regenerate_thumbnails.apply(args=[str(upload.pk)], kwargs={"force": True})
+    assert upload.thumbnails.get(name="256").created_at > first["256"]
