@@ -264,11 +264,14 @@ def test_an_exif_rotated_photo_gives_an_upright_thumbnail(
     assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue below
 
 
-def test_a_pdf_ends_ready_without_thumbnails(pipeline: Processes, alice: Client) -> None:
+def test_a_pdf_ends_ready_with_a_preview_of_its_first_page(
+    pipeline: Processes, alice: Client
+) -> None:
     upload = settled(upload_file(alice, images.pdf(), "application/pdf", "invoice.pdf"))
     assert upload.status == Status.READY, upload.error
     assert upload.detected_type == "application/pdf"
-    assert upload.thumbnails.count() == 0
+    preview = thumbnail_image(upload.thumbnails.get(name="256").file.url)
+    assert preview.format == "WEBP" and max(preview.size) == 256
 
 
 @pytest.mark.parametrize(

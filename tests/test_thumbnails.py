@@ -11,7 +11,13 @@ from PIL import Image
 
 from tests import images
 from uploads.filetypes import describe
-from uploads.thumbnails import ImageInfo, InvalidImage, Thumbnail, make_thumbnails
+from uploads.thumbnails import (
+    ImageInfo,
+    InvalidImage,
+    Thumbnail,
+    make_pdf_preview,
+    make_thumbnails,
+)
 
 SIZES = [256, 1024]
 MAX_PIXELS = 50_000_000
@@ -328,3 +334,24 @@ def test_image_of_another_type_than_expected_is_invalid(tmp_path: Path) -> None:
 def test_pdf_is_not_an_image(tmp_path: Path) -> None:
     with pytest.raises(InvalidImage):
         thumbnails_of(tmp_path, images.pdf(), "image/png")
+
+
+def test_a_pdf_gets_a_preview_of_its_first_page(tmp_path: Path) -> None:
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(images.pdf())  # a 200×100 pt page
+
+    previews = make_pdf_preview(path, [256, 1024])
+
+    assert [(t.name, t.width, t.height) for t in previews] == [
+        ("256", 256, 128),
+        ("1024", 800, 400),  # rendered at 4× at most, never upscaled after
+    ]
+    page = Image.open(io.BytesIO(previews[0].data))
+    assert page.format == "WEBP"
+    assert page.convert("RGB").getpixel((5, 5)) == (255, 255, 255)  # white paper
+
+
+def test_a_pdf_that_cannot_be_rendered_gets_no_preview(tmp_path: Path) -> None:
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"%PDF-1.4\nthis is not really a PDF\n%%EOF\n")
+    assert make_pdf_preview(path, [256]) == []

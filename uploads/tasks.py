@@ -61,7 +61,7 @@ def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def
 def regenerate_thumbnails(self, upload_id: str, force: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Make missing thumbnails again (all of them when forced) for a ready image."""
     upload = Upload.objects.filter(pk=upload_id, status=Status.READY).first()
-    if upload is None or not upload.is_image:
+    if upload is None:
         return
     have = set(upload.thumbnails.values_list("name", flat=True))
     if not force and have >= {str(size) for size in settings.THUMBNAIL_SIZES}:
@@ -87,6 +87,8 @@ def build(upload: Upload) -> dict[str, Any]:
         if not filetypes.matches(upload.content_type, detected):
             raise Rejected(f"The file is not a {description}.")
         if not upload.is_image:
+            made = thumbnails.make_pdf_preview(path, settings.THUMBNAIL_SIZES)
+            save_thumbnails(upload, made)
             return {"detected_type": detected}
         try:
             info, made = thumbnails.make_thumbnails(
@@ -98,6 +100,12 @@ def build(upload: Upload) -> dict[str, Any]:
             )
         except thumbnails.InvalidImage as error:
             raise Rejected(str(error)) from None
+    save_thumbnails(upload, made)
+    return {"detected_type": detected, "width": info.width, "height": info.height}
+
+
+def save_thumbnails(upload: Upload, made: list[thumbnails.Thumbnail]) -> None:
+    """Store each thumbnail at its deterministic key and record it."""
     for thumb in made:
         key = Thumbnail.key_for(upload.pk, thumb.name)
         s3.put(key, thumb.data, "image/webp", THUMBNAIL_CACHE_CONTROL)
@@ -112,7 +120,6 @@ def build(upload: Upload) -> dict[str, Any]:
                 "created_at": timezone.now(),
             },
         )
-    return {"detected_type": detected, "width": info.width, "height": info.height}
 
 
 @shared_task(bind=True, max_retries=MAX_RETRIES)

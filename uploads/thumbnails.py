@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pypdfium2 as pdfium
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
@@ -96,8 +97,40 @@ def _render(image: Image.Image, sizes_descending: list[int]) -> list[Thumbnail]:
     image.seek(0)  # animations: the first frame
     image.load()
     ImageOps.exif_transpose(image, in_place=True)
-    current = _to_display_mode(image)
-    icc_profile = _rgb_icc_profile(image)
+    return _shrink(_to_display_mode(image), sizes_descending, _rgb_icc_profile(image))
+
+
+def make_pdf_preview(path: Path, sizes: list[int]) -> list[Thumbnail]:
+    """Thumbnails of a PDF's first page, or none when it cannot be rendered.
+
+    A PDF that PDFium cannot open (encrypted, damaged) is still a PDF: it
+    simply gets no preview.
+    """
+    sizes_descending = sorted(set(sizes), reverse=True)
+    try:
+        document = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError:
+        return []
+    try:
+        if len(document) == 0:
+            return []
+        page = document[0]
+        width, height = page.get_size()  # in points
+        # Render straight at the largest thumbnail's size, never above 4×.
+        scale = min(4.0, sizes_descending[0] / max(width, height, 1))
+        image = page.render(scale=scale, fill_color=(255, 255, 255, 255)).to_pil()
+    except pdfium.PdfiumError:
+        return []
+    finally:
+        document.close()
+    thumbnails = _shrink(image.convert("RGB"), sizes_descending, None)
+    by_size = {int(t.name): t for t in thumbnails}
+    return [by_size[size] for size in sizes if size in by_size]
+
+
+def _shrink(
+    current: Image.Image, sizes_descending: list[int], icc_profile: bytes | None
+) -> list[Thumbnail]:
     thumbnails = []
     for size in sizes_descending:
         # In place: each smaller size is made from the previous one, already
