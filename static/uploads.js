@@ -263,7 +263,11 @@ class UploadRow {
         return this.poll(Math.min(delay * 2, 5000));
       }
       const changed = this.show(result.data);
-      if (!FINAL.has(result.data.status)) this.poll(changed ? 250 : Math.min(delay * 1.5, 2000));
+      // Back off, but never past a second: the outcome should show within
+      // about a second of happening. A long-pending file (its event lost,
+      // say) is checked less often.
+      const ceiling = result.data.status === "processing" ? 1000 : 3000;
+      if (!FINAL.has(result.data.status)) this.poll(changed ? 250 : Math.min(delay * 1.5, ceiling));
     }, delay);
   }
 
