@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.environment import AWS_PORT, TEST_ENV
+from uploads.management.commands.devstack import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -34,6 +36,16 @@ def aws_endpoint() -> Iterator[str]:
     call_command("setup_storage", stdout=io.StringIO())
     yield TEST_ENV["AWS_ENDPOINT_URL"]
     server.stop()
+
+
+@pytest.fixture
+def isolated_storage(settings: Any) -> str:
+    """A bucket and events queues of the test's own, which no running consumer reads."""
+    suffix = uuid.uuid4().hex[:8]
+    settings.AWS_STORAGE_BUCKET_NAME = f"isolated-{suffix}"
+    settings.S3_EVENTS_QUEUE = f"events-{suffix}"
+    settings.S3_EVENTS_DLQ = f"events-{suffix}-dlq"
+    return suffix
 
 
 @pytest.fixture
@@ -113,26 +125,7 @@ class Processes:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        return self.start(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "project",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                "images,notifications",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-        )
+        return self.start("worker", worker_command(concurrency=2))
 
     def start_consumer(self) -> subprocess.Popen[bytes]:
         return self.start(

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 from unittest import mock
 
@@ -26,12 +25,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def own_queues(settings: Any) -> str:
-    """A bucket and events queue no running consumer listens to."""
-    suffix = uuid.uuid4().hex[:8]
-    settings.AWS_STORAGE_BUCKET_NAME = f"consumer-{suffix}"
-    settings.S3_EVENTS_QUEUE = f"consumer-events-{suffix}"
-    settings.S3_EVENTS_DLQ = f"consumer-events-{suffix}-dlq"
+def own_queues(isolated_storage: str, settings: Any) -> str:
+    """The events queue of a provisioned bucket that no running consumer reads."""
     call_command("setup_storage", stdout=io.StringIO())
     s3.client("sqs").purge_queue(QueueUrl=s3.queue_url(settings.S3_EVENTS_QUEUE))
     return str(settings.S3_EVENTS_QUEUE)

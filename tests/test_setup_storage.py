@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -15,28 +14,20 @@ from uploads import s3
 from uploads.events import parse_s3_event
 
 
-@pytest.fixture
-def fresh_names(settings: Any) -> str:
-    """A bucket and queues no other test uses."""
-    suffix = uuid.uuid4().hex[:8]
-    settings.AWS_STORAGE_BUCKET_NAME = f"provision-{suffix}"
-    settings.S3_EVENTS_QUEUE = f"events-{suffix}"
-    settings.S3_EVENTS_DLQ = f"events-{suffix}-dlq"
-    return suffix
-
-
 def run(*args: str) -> str:
     out = io.StringIO()
     call_command("setup_storage", *args, stdout=out)
     return out.getvalue()
 
 
-def test_check_reports_everything_missing_on_a_new_account(fresh_names: str) -> None:
+def test_check_reports_everything_missing_on_a_new_account(isolated_storage: str) -> None:
     with pytest.raises(CommandError, match="8 piece"):
         run("--check")
 
 
-def test_setup_provisions_every_piece_and_is_idempotent(fresh_names: str, settings: Any) -> None:
+def test_setup_provisions_every_piece_and_is_idempotent(
+    isolated_storage: str, settings: Any
+) -> None:
     first = run()
     assert "applied  bucket" in first
 
@@ -71,7 +62,7 @@ def test_setup_provisions_every_piece_and_is_idempotent(fresh_names: str, settin
     assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "uploads/"}]
 
 
-def test_only_originals_raise_events(fresh_names: str, settings: Any) -> None:
+def test_only_originals_raise_events(isolated_storage: str, settings: Any) -> None:
     run()
     queue = settings.S3_EVENTS_QUEUE
     s3.client("sqs").purge_queue(QueueUrl=s3.queue_url(queue))
@@ -84,7 +75,7 @@ def test_only_originals_raise_events(fresh_names: str, settings: Any) -> None:
     assert keys == ["uploads/x.jpg"]
 
 
-def test_check_names_drift_and_setup_repairs_it(fresh_names: str, settings: Any) -> None:
+def test_check_names_drift_and_setup_repairs_it(isolated_storage: str, settings: Any) -> None:
     run()
     s3.client("s3").delete_bucket_cors(Bucket=settings.AWS_STORAGE_BUCKET_NAME)
     s3.client("s3").delete_public_access_block(Bucket=settings.AWS_STORAGE_BUCKET_NAME)

@@ -36,6 +36,15 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_EVERY_SECONDS = 15
 
 
+def worker_command(concurrency: int) -> list[str]:
+    """A Celery worker for both queues, as `make dev` (and the tests) run it."""
+    return [
+        sys.executable, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO",
+        "-Q", "images,notifications", "--concurrency", str(concurrency),
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
         # As servers do: connections lingering in TIME_WAIT do not count.
@@ -110,26 +119,10 @@ class Command(BaseCommand):
     # --- processes ---
 
     def start_children(self, port: int, workers: int) -> None:
-        python = sys.executable
         commands = {
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "project",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                "images,notifications",
-                "--concurrency",
-                str(workers),
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            "consumer": [python, "manage.py", "consume_s3_events"],
-            "web": [python, "manage.py", "runserver", f"127.0.0.1:{port}"],
+            "worker": worker_command(workers),
+            "consumer": [sys.executable, "manage.py", "consume_s3_events"],
+            "web": [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}"],
         }
         for name, command in commands.items():
             # Own process group each, so stopping also reaches their children
