@@ -6,3 +6,5 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("uploads.urls")),
 ]
+
+handler404 = "uploads.views.api_not_found"

@@ -317,3 +317,14 @@ def test_too_many_uploads_in_flight_is_refused_until_some_finish(
 
     Upload.objects.filter(pk=first["id"]).update(status=Status.READY)
     assert start(alice, filename="3.jpg", content_type="image/jpeg", size=1).status_code == 201
+
+
+def test_api_errors_keep_their_json_shape_for_wrong_methods_and_addresses(alice: Client) -> None:
+    response = alice.put("/api/uploads/")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST"
+    assert error_code(response) == "method_not_allowed"
+
+    response = alice.get("/api/no-such-endpoint/")
+    assert response.status_code == 404
+    assert error_code(response) == "not_found"

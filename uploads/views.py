@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
 from uploads import filetypes, s3
 from uploads.forms import SignUpForm, StartUploadForm
@@ -49,6 +49,34 @@ def api_login_required(view: View) -> View:
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+def api_methods(*methods: str) -> Callable[[View], View]:
+    """Like require_http_methods, but answers 405 in the API's JSON error shape."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = error(
+                    "method_not_allowed", f"Use {' or '.join(methods)} here.", status=405
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def api_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for the whole site: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error("not_found", "There is nothing at this address.", status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception())
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
@@ -166,7 +194,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @api_login_required
-@require_http_methods(["GET", "POST"])
+@api_methods("GET", "POST")
 def uploads_collection(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         page = keyset_page(
@@ -234,7 +262,7 @@ def start_upload(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @api_login_required
-@require_http_methods(["GET", "DELETE"])
+@api_methods("GET", "DELETE")
 def upload_detail(request: HttpRequest, upload_id: Any) -> HttpResponse:
     upload = owned_upload(request, upload_id)
     if upload is None:
@@ -248,7 +276,7 @@ def upload_detail(request: HttpRequest, upload_id: Any) -> HttpResponse:
 
 
 @api_login_required
-@require_POST
+@api_methods("POST")
 def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
     upload = owned_upload(request, upload_id)
     if upload is None:
@@ -273,7 +301,7 @@ def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
 
 @never_cache
 @api_login_required
-@require_GET
+@api_methods("GET")
 def notifications_collection(request: HttpRequest) -> HttpResponse:
     mine = Notification.objects.filter(owner=signed_in_user(request))
     page = keyset_page(request, mine, 20)
@@ -300,7 +328,7 @@ def notifications_collection(request: HttpRequest) -> HttpResponse:
 
 
 @api_login_required
-@require_POST
+@api_methods("POST")
 def notifications_read(request: HttpRequest) -> HttpResponse:
     """Mark the given notification ids read, or all of them without ids."""
     body = read_json(request)
