@@ -1,0 +1,414 @@
+"""The maintenance commands against the embedded S3 and SQS, with real objects and messages."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core import mail
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from PIL import Image
+
+from project import celery_app
+from uploads import maintenance, s3
+from uploads.models import Notification, Status, Thumbnail, Upload
+
+pytestmark = pytest.mark.django_db
+
+DATA = settings.BASE_DIR / "tests" / "data"
+
+
+def jpeg_bytes(size: tuple[int, int] = (300, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 160, 90)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def make_upload(owner: Any, status: str, body: bytes | None = None, **fields: Any) -> Upload:
+    """A row as the pipeline leaves it, with its original in S3 when `body` is given."""
+    upload_id = uuid.uuid4()
+    key = f"uploads/{upload_id}.jpg"
+    if body is not None:
+        s3.put(key, body, "image/jpeg", "private")
+    size = len(body) if body is not None else 1234
+    return Upload.objects.create(
+        id=upload_id,
+        owner=owner,
+        filename=f"{status}.jpg",
+        file=key,
+        content_type="image/jpeg",
+        size=size,
+        status=status,
+        **fields,
+    )
+
+
+def add_thumbnail(upload: Upload, name: str) -> Thumbnail:
+    key = Thumbnail.key_for(upload.pk, name)
+    s3.put(key, b"RIFF....WEBP", "image/webp", "private")
+    return Thumbnail.objects.create(
+        upload=upload, name=name, file=key, width=int(name), height=int(name), bytes=12
+    )
+
+
+def exists(key: str) -> bool:
+    return s3.head(key) is not None
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def empty_bucket() -> None:
+    """Earlier tests leave objects behind; counts below are about this test's alone."""
+    s3.delete_many([obj["Key"] for obj in s3.iter_objects("")])
+    for pending in s3.iter_multipart_uploads():
+        s3.abort_multipart_upload(pending["Key"], pending["UploadId"])
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """Run queued tasks in this process, so their effect can be checked."""
+    conf = celery_app.conf
+    before = conf.task_always_eager, conf.task_eager_propagates
+    conf.task_always_eager = conf.task_eager_propagates = True
+    yield
+    conf.task_always_eager, conf.task_eager_propagates = before
+
+
+# --- cleanup_uploads ---
+
+
+@pytest.fixture
+def short_forms(settings: Any) -> None:
+    """Upload forms valid for a second, so that a grace period of seconds is allowed."""
+    settings.UPLOAD_URL_EXPIRES = 1
+
+
+@pytest.fixture
+def bucket_with_garbage(user: Any, empty_bucket: None, short_forms: None) -> dict[str, Any]:
+    """Objects of every kind, some older than a 2-second grace period and some not."""
+    ready = make_upload(user, Status.READY, jpeg_bytes())
+    thumbnail = add_thumbnail(ready, "256")
+    failed = make_upload(user, Status.FAILED, jpeg_bytes())
+    rejected = make_upload(user, Status.REJECTED, b"not really a jpeg")
+    stale = make_upload(user, Status.PENDING, b"arrived late")
+    Upload.objects.filter(pk=stale.pk).update(created_at=timezone.now() - timedelta(days=2))
+    orphan = f"uploads/{uuid.uuid4()}.png"
+    orphan_thumb = f"thumbs/{uuid.uuid4()}/256.webp"
+    s3.put(orphan, b"no row", "image/png", "private")
+    s3.put(orphan_thumb, b"no row", "image/webp", "private")
+    # An old object whose pending row is young: the upload is still in progress.
+    young_key = f"uploads/{uuid.uuid4()}.jpg"
+    s3.put(young_key, b"in progress", "image/jpeg", "private")
+    multipart = s3.client("s3").create_multipart_upload(
+        Bucket=s3.bucket(), Key=f"uploads/{uuid.uuid4()}.jpg"
+    )["UploadId"]
+    time.sleep(3)
+    young = Upload.objects.create(
+        owner=user, filename="young.jpg", file=young_key, content_type="image/jpeg", size=11
+    )
+    fresh_orphan = f"uploads/{uuid.uuid4()}.gif"
+    s3.put(fresh_orphan, b"too young to judge", "image/gif", "private")
+    return {
+        "kept": [ready.key, thumbnail.key, failed.key, young_key, fresh_orphan],
+        "deleted": [orphan, orphan_thumb, rejected.key, stale.key],
+        "stale": stale,
+        "young": young,
+        "multipart": multipart,
+    }
+
+
+def multipart_ids() -> set[str]:
+    return {pending["UploadId"] for pending in s3.iter_multipart_uploads()}
+
+
+def test_cleanup_deletes_orphans_and_nothing_else(bucket_with_garbage: dict[str, Any]) -> None:
+    output = run("cleanup_uploads", "--older-than", "2s")
+
+    assert [key for key in bucket_with_garbage["deleted"] if exists(key)] == []
+    assert [key for key in bucket_with_garbage["kept"] if not exists(key)] == []
+    assert bucket_with_garbage["multipart"] not in multipart_ids()
+    assert "Deleted 4 orphaned objects" in output
+    assert "Aborted 1 stale multipart uploads" in output
+
+
+def test_cleanup_expires_stale_pending_uploads_and_their_late_files(
+    bucket_with_garbage: dict[str, Any],
+) -> None:
+    stale, young = bucket_with_garbage["stale"], bucket_with_garbage["young"]
+
+    output = run("cleanup_uploads", "--older-than", "2s")
+
+    stale.refresh_from_db()
+    assert stale.status == Status.EXPIRED
+    assert stale.error
+    assert not exists(stale.key)
+    young.refresh_from_db()
+    assert young.status == Status.PENDING
+    assert exists(young.key)
+    assert "Expired 1 pending uploads" in output
+
+
+def test_cleanup_dry_run_changes_nothing(bucket_with_garbage: dict[str, Any]) -> None:
+    output = run("cleanup_uploads", "--older-than", "2s", "--dry-run")
+
+    every_key = bucket_with_garbage["kept"] + bucket_with_garbage["deleted"]
+    assert [key for key in every_key if not exists(key)] == []
+    assert bucket_with_garbage["multipart"] in multipart_ids()
+    assert Upload.objects.get(pk=bucket_with_garbage["stale"].pk).status == Status.PENDING
+    assert "Dry run: would expire 1 pending uploads" in output
+    assert "Would delete 4 orphaned objects" in output
+    assert "Would abort 1 stale multipart uploads" in output
+
+
+def test_cleanup_default_grace_period_spares_todays_objects(
+    bucket_with_garbage: dict[str, Any],
+) -> None:
+    run("cleanup_uploads")
+
+    # Only rows say for sure: the rejected upload's and the 2-day-old pending one's files go.
+    gone = {bucket_with_garbage["deleted"][2], bucket_with_garbage["stale"].key}
+    every_key = bucket_with_garbage["kept"] + bucket_with_garbage["deleted"]
+    assert {key for key in every_key if not exists(key)} == gone
+
+
+def test_cleanup_pages_through_more_than_one_listing_page(
+    user: Any, empty_bucket: None, short_forms: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "PAGE", 3)
+    keep = [make_upload(user, Status.READY, b"x").key for _ in range(4)]
+    orphans = [f"uploads/{uuid.uuid4()}.jpg" for _ in range(5)]
+    for key in orphans:
+        s3.put(key, b"x", "image/jpeg", "private")
+    time.sleep(2)
+
+    output = run("cleanup_uploads", "--older-than", "1s")
+
+    assert "Deleted 5 orphaned objects" in output
+    assert "of 9 scanned" in output
+    assert all(exists(key) for key in keep)
+    assert not any(exists(key) for key in orphans)
+
+
+def test_cleanup_refuses_a_bad_age() -> None:
+    with pytest.raises(CommandError, match="not an age"):
+        call_command("cleanup_uploads", "--older-than", "yesterday")
+    # Shorter than an upload form lives: uploads in progress would be expired.
+    with pytest.raises(CommandError, match="UPLOAD_URL_EXPIRES"):
+        call_command("cleanup_uploads", "--older-than", "5m")
+
+
+# --- reprocess_uploads ---
+
+
+def test_reprocess_makes_missing_thumbnails_only(
+    user: Any, eager_tasks: None, settings: Any
+) -> None:
+    settings.THUMBNAIL_SIZES = [64, 128]
+    missing = make_upload(user, Status.READY, jpeg_bytes())
+    add_thumbnail(missing, "64")
+    complete = make_upload(user, Status.READY, jpeg_bytes())
+    old = {name: add_thumbnail(complete, name).created_at for name in ("64", "128")}
+
+    output = run("reprocess_uploads", "--status", "ready")
+
+    assert set(missing.thumbnails.values_list("name", flat=True)) == {"64", "128"}
+    made = missing.thumbnails.get(name="128")
+    assert max(made.width, made.height) == 128
+    assert exists(made.key)
+    assert {t.name: t.created_at for t in complete.thumbnails.all()} == old
+    assert "Queued thumbnails for 1 ready images" in output
+
+
+def test_reprocess_force_remakes_every_thumbnail(
+    user: Any, eager_tasks: None, settings: Any
+) -> None:
+    settings.THUMBNAIL_SIZES = [64]
+    upload = make_upload(user, Status.READY, jpeg_bytes())
+    placeholder = add_thumbnail(upload, "64")
+
+    run("reprocess_uploads", "--id", str(upload.pk), "--force")
+
+    remade = upload.thumbnails.get(name="64")
+    assert remade.bytes != placeholder.bytes
+    assert max(remade.width, remade.height) == 64
+
+
+def test_reprocess_sends_failed_uploads_back_through_processing(
+    user: Any, eager_tasks: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    failed = make_upload(user, Status.FAILED, jpeg_bytes(), error="Worker crashed.")
+    pending = make_upload(user, Status.PENDING)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        output = run("reprocess_uploads", "--all")
+
+    failed.refresh_from_db()
+    assert failed.status == Status.READY
+    assert failed.error == ""
+    assert failed.detected_type == "image/jpeg"
+    assert failed.thumbnails.count() == len(settings.THUMBNAIL_SIZES)
+    assert Upload.objects.get(pk=pending.pk).status == Status.PENDING
+    assert Notification.objects.filter(upload=failed, kind=Status.READY).exists()
+    assert "processing for 1 failed uploads" in output
+
+
+def test_reprocess_dry_run_changes_nothing(
+    user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    failed = make_upload(user, Status.FAILED, jpeg_bytes())
+    ready = make_upload(user, Status.READY, jpeg_bytes())
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        output = run("reprocess_uploads", "--all", "--dry-run")
+
+    assert callbacks == []
+    assert Upload.objects.get(pk=failed.pk).status == Status.FAILED
+    assert not ready.thumbnails.exists()
+    assert "Dry run: would queue thumbnails for 1 ready images and processing for 1" in output
+
+
+def test_reprocess_selects_by_date(user: Any) -> None:
+    old = make_upload(user, Status.FAILED, jpeg_bytes())
+    Upload.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=10))
+    make_upload(user, Status.FAILED, jpeg_bytes())
+    since = (timezone.now() - timedelta(days=1)).date().isoformat()
+
+    output = run("reprocess_uploads", "--since", since, "--dry-run")
+
+    assert "processing for 1 failed uploads" in output
+
+
+def test_reprocess_needs_a_selection() -> None:
+    with pytest.raises(CommandError, match="--all"):
+        call_command("reprocess_uploads")
+    with pytest.raises(CommandError, match="--all"):
+        call_command("reprocess_uploads", "--all", "--status", "ready")
+
+
+def test_resending_a_notification_emails_it_again(
+    user: Any, eager_tasks: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    upload = make_upload(user, Status.READY)
+    notification = Notification.objects.create(
+        owner=user, upload=upload, kind=Status.READY, message="ready", emailed_at=timezone.now()
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        count = maintenance.resend_notifications(
+            maintenance.outcome_notifications(Upload.objects.all())
+        )
+
+    assert count == 1
+    assert [message.to for message in mail.outbox] == [[user.email]]
+    notification.refresh_from_db()
+    assert notification.emailed_at is not None
+
+
+# --- redrive_dead_letters ---
+
+
+@pytest.fixture
+def queues(settings: Any) -> Iterator[tuple[str, str]]:
+    """An events queue and its dead-letter queue of this test's own.
+
+    Not the session's: a consumer started by the pipeline tests may be
+    reading those, and would take the messages this test looks for.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    settings.S3_EVENTS_QUEUE = f"redrive-events-{suffix}"
+    settings.S3_EVENTS_DLQ = f"redrive-events-{suffix}-dlq"
+    sqs = s3.client("sqs")
+    urls = [
+        sqs.create_queue(QueueName=name)["QueueUrl"]
+        for name in (settings.S3_EVENTS_QUEUE, settings.S3_EVENTS_DLQ)
+    ]
+    yield settings.S3_EVENTS_QUEUE, settings.S3_EVENTS_DLQ
+    for url in urls:
+        sqs.delete_queue(QueueUrl=url)
+
+
+def event_for(key: str) -> str:
+    event = json.loads((DATA / "s3-put-event.json").read_text())
+    event["Records"][0]["s3"]["bucket"]["name"] = s3.bucket()
+    event["Records"][0]["s3"]["object"]["key"] = key
+    return json.dumps(event)
+
+
+def drain(queue: str) -> list[str]:
+    bodies = []
+    while messages := s3.receive(queue, wait_seconds=0):
+        bodies += [message["Body"] for message in messages]
+        s3.delete_messages(queue, [message["ReceiptHandle"] for message in messages])
+    return bodies
+
+
+@pytest.fixture
+def dead_letters(queues: tuple[str, str], user: Any) -> list[str]:
+    ready = make_upload(user, Status.READY)
+    bodies = [
+        event_for(ready.key),
+        event_for("uploads/gone.jpg"),
+        "{not json",
+        *(event_for(f"uploads/{n}.jpg") for n in range(4)),
+    ]
+    for body in bodies:
+        s3.send_message(queues[1], body)
+    return bodies
+
+
+def test_redrive_dry_run_lists_with_reasons_and_moves_nothing(
+    queues: tuple[str, str], dead_letters: list[str]
+) -> None:
+    output = run("redrive_dead_letters", "--dry-run", "--sample", "10")
+
+    assert f"{queues[1]}: 7 messages waiting" in output
+    assert "upload ready" in output
+    assert "uploads/gone.jpg: no upload" in output
+    assert "malformed: not JSON" in output
+    assert "Dry run: would move" in output
+    assert s3.queue_depth(queues[1])["visible"] == 7
+    assert s3.queue_depth(queues[0])["visible"] == 0
+
+
+def test_redrive_moves_messages_back_to_the_events_queue(
+    queues: tuple[str, str], dead_letters: list[str]
+) -> None:
+    events, dlq = queues
+
+    output = run("redrive_dead_letters", "--limit", "3")
+
+    assert "Moved to" in output and ": 3 messages" in output
+    assert s3.queue_depth(dlq)["visible"] == 4
+
+    run("redrive_dead_letters")
+
+    assert sorted(drain(events)) == sorted(dead_letters)
+    assert drain(dlq) == []
+
+
+def test_redrive_purge_drops_messages_and_its_dry_run_does_not(
+    queues: tuple[str, str], dead_letters: list[str]
+) -> None:
+    events, dlq = queues
+
+    run("redrive_dead_letters", "--purge", "--dry-run")
+    assert s3.queue_depth(dlq)["visible"] == 7
+
+    output = run("redrive_dead_letters", "--purge")
+
+    assert "Dropped: 7 messages" in output
+    assert drain(dlq) == []
+    assert drain(events) == []
