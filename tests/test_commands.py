@@ -70,11 +70,9 @@ def run(*args: str) -> str:
 
 
 @pytest.fixture
-def empty_bucket() -> None:
-    """Earlier tests leave objects behind; counts below are about this test's alone."""
-    s3.delete_many([obj["Key"] for obj in s3.iter_objects("")])
-    for pending in s3.iter_multipart_uploads():
-        s3.abort_multipart_upload(pending["Key"], pending["UploadId"])
+def empty_bucket(isolated_storage: str) -> None:
+    """A bucket of the test's own, so that counts below are about its objects alone."""
+    call_command("setup_storage", stdout=io.StringIO())
 
 
 @pytest.fixture
@@ -159,6 +157,22 @@ def test_cleanup_expires_stale_pending_uploads_and_their_late_files(
     assert young.status == Status.PENDING
     assert exists(young.key)
     assert "Expired 1 pending uploads" in output
+
+
+def test_cleanup_rescues_a_stale_upload_whose_file_came_in_time(
+    user: Any, empty_bucket: None, settings: Any
+) -> None:
+    # Its event and the page's "complete" call were both lost. (moto cannot
+    # backdate an object, so the form's lifetime is stretched instead.)
+    settings.UPLOAD_URL_EXPIRES = 3 * 24 * 3600
+    unnoticed = make_upload(user, Status.PENDING, jpeg_bytes())
+    Upload.objects.filter(pk=unnoticed.pk).update(created_at=timezone.now() - timedelta(days=2))
+
+    assert maintenance.expire_stale(cutoff=timezone.now()) == (0, 1)
+
+    unnoticed.refresh_from_db()
+    assert unnoticed.status == Status.PROCESSING
+    assert exists(unnoticed.key)
 
 
 def test_cleanup_dry_run_changes_nothing(bucket_with_garbage: dict[str, Any]) -> None:

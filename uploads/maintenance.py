@@ -40,6 +40,8 @@ DISCARDED = (Status.EXPIRED, Status.REJECTED)
 # Statuses reprocess_uploads knows what to do with.
 REPROCESSABLE = (Status.READY, Status.FAILED)
 NEVER_ARRIVED = "The file never arrived."
+# How far S3's clock and ours may disagree.
+CLOCK_SKEW = timedelta(minutes=5)
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -85,6 +87,7 @@ def pk_chunks(queryset: QuerySet[Any], size: int = PAGE) -> Iterator[list[Any]]:
 @dataclass
 class CleanupResult:
     expired: int = 0
+    rescued: int = 0
     scanned: int = 0
     orphans: int = 0
     orphan_bytes: int = 0
@@ -104,30 +107,38 @@ def cleanup(
     """
     cutoff = timezone.now() - older_than
     result = CleanupResult()
-    result.expired = expire_stale(cutoff, dry_run)
-    progress(f"{'Would expire' if dry_run else 'Expired'} {result.expired:,} pending uploads.")
+    result.expired, result.rescued = expire_stale(cutoff, dry_run)
+    progress(
+        f"{'Would expire' if dry_run else 'Expired'} {result.expired:,} pending uploads; "
+        f"{'would rescue' if dry_run else 'rescued'} {result.rescued:,} whose file came unnoticed."
+    )
     for prefix in (UPLOADS_PREFIX, THUMBS_PREFIX):
         delete_orphans(prefix, cutoff, dry_run, result, progress)
     abort_stale_multipart_uploads(cutoff, dry_run, result)
     return result
 
 
-def expire_stale(cutoff: datetime, dry_run: bool = False) -> int:
-    """Pending uploads created before `cutoff` become expired; returns how many.
+def expire_stale(cutoff: datetime, dry_run: bool = False) -> tuple[int, int]:
+    """Settle pending uploads created before `cutoff`; returns (expired, rescued).
 
-    Their form expired long ago, so no file can still come. One that came
-    and was never accepted (its event lost, say) is deleted by delete_orphans.
+    Their form expired long ago. If the file came while the form was valid,
+    its event and the page's "complete" call were both lost: the upload is
+    rescued (checked and processed as the event would have). Otherwise it
+    expires, and a file that came late is deleted by delete_orphans.
     """
+    expired = rescued = 0
+    form_lifetime = timedelta(seconds=settings.UPLOAD_URL_EXPIRES) + CLOCK_SKEW
     stale = Upload.objects.filter(status=Status.PENDING, created_at__lt=cutoff)
-    if dry_run:
-        return stale.count()
-    expired = 0
-    # Each pass expires its page, which then leaves `stale`: no offset needed.
-    while pks := list(stale.values_list("pk", flat=True)[:PAGE]):
-        expired += Upload.objects.filter(pk__in=pks, status=Status.PENDING).update(
-            status=Status.EXPIRED, error=NEVER_ARRIVED, updated_at=timezone.now()
-        )
-    return expired
+    for pks in pk_chunks(stale):
+        for upload in Upload.objects.filter(pk__in=pks, status=Status.PENDING):
+            info = s3.head(upload.key)
+            if info is not None and info.last_modified <= upload.created_at + form_lifetime:
+                rescued += dry_run or upload.accept_arrival()
+            elif dry_run or Upload.objects.filter(pk=upload.pk, status=Status.PENDING).update(
+                status=Status.EXPIRED, error=NEVER_ARRIVED, updated_at=timezone.now()
+            ):
+                expired += 1
+    return expired, rescued
 
 
 def orphans_in(prefix: str, page: list[dict[str, Any]], cutoff: datetime) -> list[str]:

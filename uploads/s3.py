@@ -10,6 +10,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 import boto3
@@ -63,6 +64,7 @@ class ObjectInfo:
     size: int
     etag: str
     content_type: str
+    last_modified: datetime
 
 
 def presigned_post(key: str, content_type: str, size: int, expires_in: int) -> dict[str, Any]:
@@ -93,6 +95,7 @@ def head(key: str) -> ObjectInfo | None:
         size=int(response["ContentLength"]),
         etag=str(response.get("ETag", "")).strip('"'),
         content_type=str(response.get("ContentType", "")),
+        last_modified=response["LastModified"],
     )
 
 

@@ -53,7 +53,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  orphan  {key}")
         self.stdout.write(
             f"{'Dry run: would expire' if dry_run else 'Expired'} {result.expired:,} pending "
-            f"uploads. {would} {result.orphans:,} orphaned objects "
+            f"uploads and {'would rescue' if dry_run else 'rescued'} {result.rescued:,}. "
+            f"{would} {result.orphans:,} orphaned objects "
             f"({filesizeformat(result.orphan_bytes)}) of {result.scanned:,} scanned. "
             f"{'Would abort' if dry_run else 'Aborted'} {result.multipart_aborted:,} stale "
             "multipart uploads."
