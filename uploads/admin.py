@@ -67,8 +67,8 @@ def upload_search(term: str) -> Q:
     """What a search term finds, each kind of term through an index where it can.
 
     An id or a key finds one upload by primary key; an email, its owner's
-    uploads; anything else, uploads by owner username or filename (the one
-    lookup without an index: a scan of the table).
+    uploads; anything else, uploads by owner username or filename (through a
+    trigram index on PostgreSQL, migration 0003).
     """
     upload_id = parse_uuid(term)
     if upload_id is not None:

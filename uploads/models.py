@@ -81,6 +81,7 @@ class Upload(models.Model):
             models.Index(fields=["owner", "-created_at", "-id"], name="upload_owner_newest"),
             models.Index(fields=["status", "created_at"], name="upload_status_created"),
             models.Index(fields=["-created_at"], name="upload_newest"),
+            models.Index(fields=["content_type", "-created_at"], name="upload_type_newest"),
         ]
 
     def __str__(self) -> str:
