@@ -14,7 +14,7 @@ from django.utils import timezone
 from uploads import filetypes, s3
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Upload(models.Model):
         return filetypes.is_image(self.content_type)
 
     @classmethod
-    def start(cls, owner: AbstractBaseUser, filename: str, content_type: str, size: int) -> Upload:
+    def start(cls, owner: User, filename: str, content_type: str, size: int) -> Upload:
         """Create a pending upload with a fresh, unguessable key."""
         upload_id = uuid.uuid4()
         key = f"uploads/{upload_id}{filetypes.extension_for(content_type)}"
