@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -149,7 +149,9 @@ STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
 AWS_ENDPOINT_URL = os.environ.get(
     "AWS_ENDPOINT_URL", "http://127.0.0.1:9090" if DEBUG else ""
 ).rstrip("/")
-EMBEDDED_AWS = bool(AWS_ENDPOINT_URL)
+_endpoint = urlsplit(AWS_ENDPOINT_URL) if AWS_ENDPOINT_URL else None
+# An endpoint on this machine is the embedded one (moto): dummy credentials.
+EMBEDDED_AWS = bool(_endpoint and _endpoint.hostname in ("127.0.0.1", "localhost", "::1"))
 AWS_S3_REGION_NAME = os.environ.get("AWS_S3_REGION_NAME", "us-east-1")
 # Credentials: explicit ones when given, the embedded endpoint's dummy pair
 # when using it, otherwise boto3's usual chain (instance roles, profiles...).
@@ -189,7 +191,8 @@ STORAGES = {
             "querystring_expire": env_int("DOWNLOAD_URL_EXPIRES", 300),
             # Thumbnail keys are deterministic: a rerun overwrites, never duplicates.
             "file_overwrite": True,
-            "addressing_style": "path" if EMBEDDED_AWS else None,
+            # Custom endpoints (moto, MinIO...) want path-style addressing.
+            "addressing_style": "path" if AWS_ENDPOINT_URL else None,
         },
     },
     "staticfiles": {
@@ -226,12 +229,18 @@ IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 50_000_000)
 
 # --- Celery ---
 
-_endpoint = urlsplit(AWS_ENDPOINT_URL) if AWS_ENDPOINT_URL else None
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
-    f"sqs://{AWS_ACCESS_KEY_ID}:{AWS_SECRET_ACCESS_KEY}@{_endpoint.netloc}"
-    if _endpoint
-    else "sqs://"
-)
+
+def _sqs_broker_url() -> str:
+    """SQS on the same endpoint and credentials as S3 (AWS's own chain if none)."""
+    credentials = ""
+    if AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY:
+        credentials = (
+            f"{quote(AWS_ACCESS_KEY_ID, safe='')}:{quote(AWS_SECRET_ACCESS_KEY, safe='')}@"
+        )
+    return f"sqs://{credentials}{_endpoint.netloc if _endpoint else ''}"
+
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _sqs_broker_url()
 # Longest a task may run; the broker's visibility timeout must exceed it, or
 # SQS hands a running task to a second worker.
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300)
@@ -284,7 +293,10 @@ SITE_URL = os.environ.get("SITE_URL", f"http://127.0.0.1:{_dev_port}").rstrip("/
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Only behind a proxy that sets X-Forwarded-Proto itself (and strips the
+    # client's): otherwise anyone could claim HTTPS.
+    if env_bool("BEHIND_HTTPS_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

@@ -8,3 +8,4 @@ urlpatterns = [
 ]
 
 handler404 = "uploads.views.api_not_found"
+handler500 = "uploads.views.api_server_error"

@@ -201,6 +201,8 @@ def test_detail_is_read_only(admin_client: Client, user: Any) -> None:
 # --- actions ---
 
 
+# Objects go after the commit, so the transaction must really commit.
+@pytest.mark.django_db(transaction=True)
 def test_delete_action_asks_first_then_deletes_rows_and_objects(
     admin_client: Client, user: Any
 ) -> None:
@@ -222,6 +224,8 @@ def test_delete_action_asks_first_then_deletes_rows_and_objects(
     assert exists(other.key)
 
 
+# Objects go after the commit, so the transaction must really commit.
+@pytest.mark.django_db(transaction=True)
 def test_delete_page_deletes_the_objects_too(admin_client: Client, user: Any) -> None:
     upload = make_upload(user, Status.READY, jpeg_bytes())
     thumbnail = add_thumbnail(upload, "256")
@@ -320,3 +324,18 @@ def test_summary_counts_statuses_recent_problems_and_queues(
 def test_summary_is_linked_from_the_admin_index_and_the_list(admin_client: Client) -> None:
     assert SUMMARY in admin_client.get("/admin/").content.decode()
     assert SUMMARY in admin_client.get(UPLOADS).content.decode()
+
+
+def test_actions_refuse_selections_too_large_for_one_request(
+    admin_client: Client, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uploads.admin
+
+    monkeypatch.setattr(uploads.admin, "MAX_ACTION_ROWS", 1)
+    first = make_upload(user, Status.READY, jpeg_bytes())
+    second = make_upload(user, Status.READY, jpeg_bytes())
+
+    response = act(admin_client, "delete_selected", first, second, post="yes", follow=True)
+
+    assert "too many for one request" in messages_of(response)[0]
+    assert Upload.objects.filter(pk__in=[first.pk, second.pk]).count() == 2

@@ -167,6 +167,8 @@ def test_complete_before_the_file_arrives_is_a_conflict(alice: Client) -> None:
     assert Upload.objects.get(pk=body["id"]).status == Status.PENDING
 
 
+# Objects go after the commit, so the transaction must really commit.
+@pytest.mark.django_db(transaction=True)
 def test_file_larger_than_declared_is_rejected_on_complete(alice: Client) -> None:
     # moto's server does not enforce the policy's content-length-range, so the
     # server must check the size itself.
@@ -231,6 +233,8 @@ def test_another_users_upload_is_not_found_everywhere(alice: Client, other_user:
     assert Upload.objects.filter(pk=body["id"]).exists()
 
 
+# Objects go after the commit, so the transaction must really commit.
+@pytest.mark.django_db(transaction=True)
 def test_delete_removes_row_and_objects(alice: Client) -> None:
     data = jpeg_bytes()
     body = start_jpeg(alice, data)
@@ -328,3 +332,44 @@ def test_api_errors_keep_their_json_shape_for_wrong_methods_and_addresses(alice:
     response = alice.get("/api/no-such-endpoint/")
     assert response.status_code == 404
     assert error_code(response) == "not_found"
+
+
+def test_objects_stay_when_the_delete_is_rolled_back(alice: Client, user: Any) -> None:
+    from django.db import transaction
+
+    data = jpeg_bytes()
+    body = start_jpeg(alice, data)
+    post_to_s3(body, data)
+    upload = Upload.objects.get(pk=body["id"])
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        upload.delete_with_objects()
+        raise RuntimeError("something later in the same transaction failed")
+
+    assert Upload.objects.filter(pk=body["id"]).exists()
+    assert s3.head(body["fields"]["key"]) is not None
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxub3QtYS11dWlk",  # "...+00:00|not-a-uuid"
+        "MjAyNi0wMS0wMVQwMDowMDowMHwx",  # a naive datetime
+        "bm8tc2VwYXJhdG9y",  # "no-separator"
+    ],
+)
+def test_a_crafted_cursor_is_a_clear_error(alice: Client, cursor: str) -> None:
+    for url in ("/api/uploads/", "/api/notifications/"):
+        response = alice.get(f"{url}?cursor={cursor}")
+        assert response.status_code == 400, url
+        assert error_code(response) == "invalid"
+
+
+def test_marking_read_refuses_too_many_ids(alice: Client) -> None:
+    response = alice.post(
+        "/api/notifications/read",
+        json.dumps({"ids": list(range(1001))}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "invalid"

@@ -426,3 +426,39 @@ def test_redrive_purge_drops_messages_and_its_dry_run_does_not(
     assert "Dropped: 7 messages" in output
     assert drain(dlq) == []
     assert drain(events) == []
+
+
+def test_cleanup_restarts_uploads_whose_task_was_lost(
+    user: Any, empty_bucket: None, short_forms: None, eager_tasks: None, settings: Any
+) -> None:
+    settings.THUMBNAIL_SIZES = [64]
+    lost = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    busy = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
+    Upload.objects.filter(pk=lost.pk).update(updated_at=long_ago)
+
+    output = run("cleanup_uploads", "--older-than", "2s")
+
+    lost.refresh_from_db()
+    assert lost.status == Status.READY, lost.error
+    assert Upload.objects.get(pk=busy.pk).status == Status.PROCESSING  # still within its time
+    assert "processing again for 1 uploads" in output
+
+
+def test_cleanup_queues_emails_that_were_never_queued(
+    user: Any, empty_bucket: None, short_forms: None, eager_tasks: None
+) -> None:
+    upload = make_upload(user, Status.READY, jpeg_bytes())
+    notification = Notification.objects.create(
+        owner=user, upload=upload, kind="ready", message="ready.jpg is ready."
+    )
+    Notification.objects.filter(pk=notification.pk).update(
+        created_at=timezone.now() - timedelta(hours=1)
+    )
+
+    output = run("cleanup_uploads", "--older-than", "2s")
+
+    assert "1 unsent emails" in output
+    assert len(mail.outbox) == 1
+    notification.refresh_from_db()
+    assert notification.emailed_at is not None

@@ -150,3 +150,21 @@ def test_sigterm_stops_the_consumer_promptly(own_queues: str) -> None:
         assert b"Stopped" in process.stdout.read()
     finally:
         process.kill()
+
+
+def test_a_stale_event_for_a_verified_upload_changes_nothing(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    with mock.patch("uploads.tasks.process_upload.delay"):
+        consumer.handle_batch(own_queues, receive_all(own_queues))
+    upload.refresh_from_db()
+    assert upload.status == Status.PROCESSING
+
+    # An event for an earlier version of the object, arriving late.
+    s3.send_message(
+        own_queues, event_for(upload.key).replace('"size": 5', '"size": 5, "eTag": "0ld"')
+    )
+    result = consumer.handle_batch(own_queues, wait_for(lambda: receive_all(own_queues)))
+
+    assert (result.handled, result.failed) == (0, 0)
+    upload.refresh_from_db()
+    assert upload.status == Status.PROCESSING

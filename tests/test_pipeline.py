@@ -339,3 +339,27 @@ def test_a_worker_on_a_redis_broker_processes_uploads_too(
         assert "Connected to redis://" in redis_worker.log("worker")
     finally:
         redis_worker.stop_all()
+
+
+def test_bytes_posted_again_after_verification_are_refused(
+    pipeline: Processes, alice: Client
+) -> None:
+    data = jpeg((500, 400))
+    response = alice.post(
+        "/api/uploads/",
+        json.dumps({"filename": "swap.jpg", "content_type": "image/jpeg", "size": len(data)}),
+        content_type="application/json",
+    )
+    start = response.json()
+    post_to_s3(start, data)
+    assert settled(start["id"]).status == Status.READY
+
+    # The form is still valid: other bytes of the same size, never checked.
+    swapped = b"<html>" + data[6:]
+    assert post_to_s3(start, swapped).status_code == 204
+
+    upload = settled(start["id"])
+    wait_for(lambda: Upload.objects.get(pk=start["id"]).status == Status.REJECTED, timeout=30)
+    upload.refresh_from_db()
+    assert "replaced" in upload.error
+    wait_for(lambda: s3.head(upload.key) is None, timeout=10)

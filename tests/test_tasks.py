@@ -43,11 +43,11 @@ def test_a_transient_error_that_clears_ends_ready(user: Any) -> None:
     real_download = s3.download_to
     calls = []
 
-    def flaky(key: str, fileobj: Any) -> None:
+    def flaky(key: str, fileobj: Any, etag: str = "") -> None:
         calls.append(key)
         if len(calls) < 3:
             raise EndpointConnectionError(endpoint_url="http://s3")
-        real_download(key, fileobj)
+        real_download(key, fileobj, etag)
 
     with mock.patch("uploads.s3.download_to", side_effect=flaky):
         process_upload.apply(args=[str(upload.pk)])
@@ -92,3 +92,15 @@ def test_regenerate_makes_only_missing_thumbnails_unless_forced(user: Any) -> No
 
     regenerate_thumbnails.apply(args=[str(upload.pk)], kwargs={"force": True})
     assert upload.thumbnails.get(name="256").created_at > first["256"]
+
+
+def test_an_object_replaced_after_its_claim_is_rejected(user: Any) -> None:
+    upload = processing_jpeg(user)
+    Upload.objects.filter(pk=upload.pk).update(etag=s3.head(upload.key).etag)  # type: ignore[union-attr]
+    s3.put(upload.key, images.html_as_jpeg(), "image/jpeg", "no-cache")
+
+    process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.REJECTED
+    assert "replaced" in upload.error

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 # Statuses whose original is in the bucket.
 HAS_ORIGINAL = (Status.PROCESSING, Status.READY, Status.FAILED)
+# An admin action handles at most this many uploads in one request; larger
+# jobs belong to the manage.py commands, which page through them.
+MAX_ACTION_ROWS = 10_000
+# Past this many, the delete confirmation says how many rather than listing each.
+SUMMARIZE_DELETES_OVER = 100
 PROBLEMS = (Status.REJECTED, Status.FAILED)
 
 
@@ -170,7 +176,7 @@ class UploadAdmin(admin.ModelAdmin):
     # Sorting by an unindexed column would sort the whole table.
     sortable_by = ("created_at",)
     ordering = ("-created_at",)
-    actions = ("reprocess", "resend_notification")
+    actions = ("reprocess", "resend_notification", "delete_selected")
     inlines = (ThumbnailInline, NotificationInline)
     fieldsets = (
         (None, {"fields": ("id", "filename", "owner", "status", "error", "original")}),
@@ -283,6 +289,8 @@ class UploadAdmin(admin.ModelAdmin):
         description="Reprocess selected uploads (regenerate thumbnails)", permissions=["change"]
     )
     def reprocess(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        if self.refuse_large(request, queryset):
+            return
         try:
             result = maintenance.reprocess(queryset, force=True)
         except Exception as error:
@@ -297,8 +305,28 @@ class UploadAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
+    def refuse_large(self, request: HttpRequest, queryset: QuerySet[Upload]) -> bool:
+        """True (with a message) for a selection larger than one request should handle."""
+        if queryset.count() <= MAX_ACTION_ROWS:
+            return False
+        self.message_user(
+            request,
+            f"That is more than {MAX_ACTION_ROWS:,} uploads, too many for one request: narrow "
+            "the selection, or use manage.py reprocess_uploads / cleanup_uploads.",
+            messages.ERROR,
+        )
+        return True
+
+    @admin.action(description="Delete selected uploads and their files", permissions=["delete"])
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[Upload]) -> Any:
+        if self.refuse_large(request, queryset):
+            return None
+        return django_delete_selected(self, request, queryset)
+
     @admin.action(description="Resend the outcome notification", permissions=["change"])
     def resend_notification(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        if self.refuse_large(request, queryset):
+            return
         count = maintenance.resend_notifications(maintenance.outcome_notifications(queryset))
         self.message_user(request, f"Queued {count} notification emails.", messages.SUCCESS)
 
@@ -306,11 +334,21 @@ class UploadAdmin(admin.ModelAdmin):
     # end in these two; they take the S3 objects along.
 
     def delete_model(self, request: HttpRequest, obj: Upload) -> None:
-        self._report_failed_deletes(request, obj.delete_with_objects())
+        obj.delete_with_objects(report=lambda failed: self._report_failed_deletes(request, failed))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        _, failed = maintenance.delete_uploads(queryset)
-        self._report_failed_deletes(request, failed)
+        maintenance.delete_uploads(
+            queryset, report=lambda failed: self._report_failed_deletes(request, failed)
+        )
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        """Django lists every related row it will delete; past a page, only say how many."""
+        # A queryset from the delete action, a list of one from the delete page.
+        count = objs.count() if isinstance(objs, QuerySet) else len(objs)
+        if count <= SUMMARIZE_DELETES_OVER:
+            return super().get_deleted_objects(objs, request)
+        summary = [f"{count:,} uploads, with their thumbnails, notifications and S3 files"]
+        return summary, {"uploads": count}, set(), []
 
     def _report_failed_deletes(self, request: HttpRequest, failed: list[str]) -> None:
         if failed:

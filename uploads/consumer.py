@@ -12,11 +12,9 @@ from typing import Any
 
 from uploads import s3
 from uploads.events import MalformedEvent, ObjectCreated, parse_s3_event
-from uploads.models import Status, Upload
+from uploads.models import KEY_PREFIX, Status, Upload
 
 logger = logging.getLogger(__name__)
-
-UPLOADS_PREFIX = "uploads/"
 
 
 @dataclass
@@ -30,7 +28,7 @@ class BatchResult:
 
 def handle_event(event: ObjectCreated) -> bool:
     """Act on one ObjectCreated record; True if it moved an upload on."""
-    if event.bucket != s3.bucket() or not event.key.startswith(UPLOADS_PREFIX):
+    if event.bucket != s3.bucket() or not event.key.startswith(KEY_PREFIX):
         logger.info("ignoring event for s3://%s/%s: not ours", event.bucket, event.key)
         return False
     upload = Upload.objects.filter(file=event.key).first()
@@ -42,6 +40,9 @@ def handle_event(event: ObjectCreated) -> bool:
         logger.info("upload %s expired before its file arrived; deleting it", upload.pk)
         s3.delete_many([upload.key])
         return False
+    if upload.status in (Status.PROCESSING, Status.READY) and event.etag.strip('"') != upload.etag:
+        # A new version of an object already verified (or a stale event).
+        return upload.reject_if_replaced()
     return upload.accept_arrival()
 
 
@@ -62,7 +63,11 @@ def handle_batch(queue: str, messages: list[dict[str, Any]]) -> BatchResult:
         except MalformedEvent as error:
             logger.error("malformed message %s: %s", message.get("MessageId"), error)
             result.malformed += 1
-            s3.release_message(queue, handle)
+            try:
+                s3.release_message(queue, handle)
+            except Exception:
+                # It comes back after its visibility timeout all the same.
+                logger.exception("could not release message %s", message.get("MessageId"))
             continue
         try:
             for event in events:

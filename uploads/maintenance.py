@@ -18,13 +18,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from uploads import s3
 from uploads.events import MalformedEvent, parse_s3_event
-from uploads.models import Notification, Status, Thumbnail, Upload
+from uploads.models import (
+    KEY_PREFIX,
+    THUMBS_PREFIX,
+    Notification,
+    Status,
+    Thumbnail,
+    Upload,
+    delete_objects_after_commit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +40,13 @@ Progress = Callable[[str], None]
 
 # Keys per page: one S3 listing page, one DeleteObjects call, one query.
 PAGE = s3.DELETE_BATCH
-UPLOADS_PREFIX = "uploads/"
-THUMBS_PREFIX = "thumbs/"
 # Statuses whose original the system deletes: their objects are garbage too.
 DISCARDED = (Status.EXPIRED, Status.REJECTED)
 # Statuses reprocess_uploads knows what to do with.
 REPROCESSABLE = (Status.READY, Status.FAILED)
 NEVER_ARRIVED = "The file never arrived."
+# An email still unsent this long after its notification was never queued.
+UNSENT_EMAIL_GRACE = timedelta(minutes=15)
 # How far S3's clock and ours may disagree.
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -88,6 +95,8 @@ def pk_chunks(queryset: QuerySet[Any], size: int = PAGE) -> Iterator[list[Any]]:
 class CleanupResult:
     expired: int = 0
     rescued: int = 0
+    restarted: int = 0
+    emails_requeued: int = 0
     scanned: int = 0
     orphans: int = 0
     orphan_bytes: int = 0
@@ -112,10 +121,45 @@ def cleanup(
         f"{'Would expire' if dry_run else 'Expired'} {result.expired:,} pending uploads; "
         f"{'would rescue' if dry_run else 'rescued'} {result.rescued:,} whose file came unnoticed."
     )
-    for prefix in (UPLOADS_PREFIX, THUMBS_PREFIX):
+    for prefix in (KEY_PREFIX, THUMBS_PREFIX):
         delete_orphans(prefix, cutoff, dry_run, result, progress)
     abort_stale_multipart_uploads(cutoff, dry_run, result)
+    result.restarted = restart_stuck(dry_run)
+    result.emails_requeued = requeue_unsent_emails(dry_run)
     return result
+
+
+def restart_stuck(dry_run: bool = False) -> int:
+    """Queue processing again for uploads whose task was lost; returns how many.
+
+    The touch of updated_at is the claim: two cleanups at once queue it once.
+    """
+    from uploads.tasks import process_upload
+
+    restarted = 0
+    for pks in pk_chunks(Upload.objects.stuck()):
+        for pk in pks:
+            if dry_run or Upload.objects.stuck().filter(pk=pk).update(updated_at=timezone.now()):
+                if not dry_run:
+                    process_upload.delay(str(pk))
+                restarted += 1
+    return restarted
+
+
+def requeue_unsent_emails(dry_run: bool = False) -> int:
+    """Queue again the emails whose task was never queued (the broker was down)."""
+    from uploads.tasks import send_notification_email
+
+    unsent = Notification.objects.filter(
+        emailed_at=None, created_at__lt=timezone.now() - UNSENT_EMAIL_GRACE
+    )
+    requeued = 0
+    for pks in pk_chunks(unsent):
+        for pk in pks:
+            if not dry_run:
+                send_notification_email.delay(pk)
+            requeued += 1
+    return requeued
 
 
 def expire_stale(cutoff: datetime, dry_run: bool = False) -> tuple[int, int]:
@@ -128,8 +172,7 @@ def expire_stale(cutoff: datetime, dry_run: bool = False) -> tuple[int, int]:
     """
     expired = rescued = 0
     form_lifetime = timedelta(seconds=settings.UPLOAD_URL_EXPIRES) + CLOCK_SKEW
-    stale = Upload.objects.filter(status=Status.PENDING, created_at__lt=cutoff)
-    for pks in pk_chunks(stale):
+    for pks in pk_chunks(Upload.objects.stale(cutoff)):
         for upload in Upload.objects.filter(pk__in=pks, status=Status.PENDING):
             info = s3.head(upload.key)
             if info is not None and info.last_modified <= upload.created_at + form_lifetime:
@@ -246,7 +289,8 @@ def reprocess(
     from uploads.tasks import regenerate_thumbnails
 
     result = ReprocessResult()
-    images = uploads.filter(status=Status.READY, content_type__startswith="image/")
+    # Images, and PDFs for their first-page preview.
+    images = uploads.filter(status=Status.READY)
     if not force:
         images = missing_thumbnails(images)
     for pks in pk_chunks(images, chunk_size):
@@ -256,31 +300,11 @@ def reprocess(
         result.thumbnails += len(pks)
         progress(f"Queued thumbnails for {result.thumbnails:,} ready images.")
     for pks in pk_chunks(uploads.filter(status=Status.FAILED), chunk_size):
-        result.retried += len(pks) if dry_run else sum(retry_failed(pk) for pk in pks)
+        result.retried += (
+            len(pks) if dry_run else sum(u.retry() for u in Upload.objects.filter(pk__in=pks))
+        )
         progress(f"Sent {result.retried:,} failed uploads back to processing.")
     return result
-
-
-def retry_failed(upload_id: Any) -> bool:
-    """Send a failed upload back to processing; True if this call did."""
-    with transaction.atomic():
-        claimed = Upload.objects.filter(pk=upload_id, status=Status.FAILED).update(
-            status=Status.PROCESSING, updated_at=timezone.now()
-        )
-        if claimed:
-            transaction.on_commit(lambda: _enqueue_processing(upload_id))
-    return bool(claimed)
-
-
-def _enqueue_processing(upload_id: Any) -> None:
-    from uploads.tasks import process_upload
-
-    try:
-        process_upload.delay(str(upload_id))
-    except Exception:
-        # Nothing will process it: leave it failed, as it was, for the next try.
-        Upload.objects.filter(pk=upload_id, status=Status.PROCESSING).update(status=Status.FAILED)
-        raise
 
 
 def outcome_notifications(uploads: QuerySet[Upload]) -> QuerySet[Notification]:
@@ -300,24 +324,24 @@ def resend_notifications(notifications: QuerySet[Notification]) -> int:
     return len(pks)
 
 
-def delete_uploads(uploads: QuerySet[Upload]) -> tuple[int, list[str]]:
-    """Delete uploads with their originals and thumbnails in S3, a page at a time.
+def delete_uploads(
+    uploads: QuerySet[Upload], report: Callable[[list[str]], None] | None = None
+) -> int:
+    """Delete uploads, a page at a time, then (after commit) their S3 objects.
 
-    Returns how many uploads were deleted and the keys S3 could not delete
-    (cleanup_uploads removes those later, as orphans).
+    Returns how many uploads were deleted; `report` hears of keys S3 could
+    not delete (cleanup_uploads removes those later, as orphans).
     """
-    deleted, failed = 0, []
+    deleted = 0
     for pks in pk_chunks(uploads):
         keys = [
             *Upload.objects.filter(pk__in=pks).values_list("file", flat=True),
             *Thumbnail.objects.filter(upload__in=pks).values_list("file", flat=True),
         ]
-        # Rows first, as Upload.delete_with_objects does: a crash in between
-        # leaves orphans for cleanup, never rows pointing at nothing.
         Upload.objects.filter(pk__in=pks).delete()
+        delete_objects_after_commit(keys, report)
         deleted += len(pks)
-        failed += s3.delete_many(keys)
-    return deleted, failed
+    return deleted
 
 
 # --- redrive_dead_letters ---

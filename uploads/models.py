@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -31,13 +32,37 @@ class Status(models.TextChoices):
 # Outcomes the owner is told about.
 OUTCOMES = (Status.READY, Status.REJECTED, Status.FAILED)
 
+# Originals live under KEY_PREFIX (and only they raise S3 events), thumbnails
+# under THUMBS_PREFIX.
+KEY_PREFIX = "uploads/"
+THUMBS_PREFIX = "thumbs/"
+
+
+def delete_objects_after_commit(
+    keys: list[str], report: Callable[[list[str]], None] | None = None
+) -> None:
+    """Delete S3 objects once the rows that point at them are gone for good.
+
+    Rows go first: a rollback then leaves the objects in place, and a crash
+    after the commit leaves orphans for cleanup_uploads, never rows pointing
+    at nothing. `report` hears of the keys S3 could not delete.
+    """
+
+    def delete() -> None:
+        try:
+            failed = s3.delete_many(keys)
+        except Exception:
+            logger.exception("could not delete %s objects; cleanup_uploads will", len(keys))
+            failed = keys
+        if failed and report is not None:
+            report(failed)
+
+    transaction.on_commit(delete)
+
 
 class UploadQuerySet(models.QuerySet["Upload"]):
     def owned_by(self, user: Any) -> UploadQuerySet:
         return self.filter(owner=user)
-
-    def newest_first(self) -> UploadQuerySet:
-        return self.order_by("-created_at", "-id")
 
     def in_flight(self) -> UploadQuerySet:
         """Forms handed out and still usable, and uploads being processed."""
@@ -46,9 +71,18 @@ class UploadQuerySet(models.QuerySet["Upload"]):
             Q(status=Status.PENDING, created_at__gte=usable_since) | Q(status=Status.PROCESSING)
         )
 
-    def stale(self, older_than: timedelta) -> UploadQuerySet:
-        """Pending uploads whose form has long expired: the file never came."""
-        return self.filter(status=Status.PENDING, created_at__lt=timezone.now() - older_than)
+    def stale(self, cutoff: datetime) -> UploadQuerySet:
+        """Pending uploads created before `cutoff`: their form has long expired."""
+        return self.filter(status=Status.PENDING, created_at__lt=cutoff)
+
+    def stuck(self) -> UploadQuerySet:
+        """Processing for longer than any task may run: their task was lost.
+
+        (A claim committed just before its enqueue failed for good, or a task
+        that hit its hard time limit.)
+        """
+        limit = timedelta(seconds=2 * settings.CELERY_TASK_TIME_LIMIT)
+        return self.filter(status=Status.PROCESSING, updated_at__lt=timezone.now() - limit)
 
 
 class Upload(models.Model):
@@ -99,7 +133,7 @@ class Upload(models.Model):
     def start(cls, owner: User, filename: str, content_type: str, size: int) -> Upload:
         """Create a pending upload with a fresh, unguessable key."""
         upload_id = uuid.uuid4()
-        key = f"uploads/{upload_id}{filetypes.extension_for(content_type)}"
+        key = f"{KEY_PREFIX}{upload_id}{filetypes.extension_for(content_type)}"
         return cls.objects.create(
             id=upload_id,
             owner=owner,
@@ -129,7 +163,7 @@ class Upload(models.Model):
             )
             moved = self.finish(Status.REJECTED, reason, expected=Status.PENDING)
             if moved:
-                s3.delete_many([self.key])
+                delete_objects_after_commit([self.key])
             return moved
         claimed = Upload.objects.filter(pk=self.pk, status=Status.PENDING).update(
             status=Status.PROCESSING,
@@ -140,22 +174,48 @@ class Upload(models.Model):
         )
         if not claimed:
             return False
-        transaction.on_commit(self._enqueue_processing)
+        # If nothing can be queued, the claim is given back, so that the
+        # event's redelivery (or the next "complete" call) tries again.
+        undo = {"status": Status.PENDING, "verified_size": None, "etag": "", "uploaded_at": None}
+        transaction.on_commit(lambda: self._enqueue_processing(undo))
         self.refresh_from_db()
         return True
 
-    def _enqueue_processing(self) -> None:
+    def retry(self) -> bool:
+        """Send a failed upload through processing again; True if this call did."""
+        claimed = Upload.objects.filter(pk=self.pk, status=Status.FAILED).update(
+            status=Status.PROCESSING, error="", processed_at=None, updated_at=timezone.now()
+        )
+        if claimed:
+            undo = {"status": Status.FAILED, "error": self.error}
+            transaction.on_commit(lambda: self._enqueue_processing(undo))
+        return bool(claimed)
+
+    def _enqueue_processing(self, undo: dict[str, Any]) -> None:
         from uploads.tasks import process_upload
 
         try:
             process_upload.delay(str(self.pk))
         except Exception:
-            # Nothing will process it: give the claim back, so that the event's
-            # redelivery (or the next "complete" call) tries again.
-            Upload.objects.filter(pk=self.pk, status=Status.PROCESSING).update(
-                status=Status.PENDING, verified_size=None, etag="", uploaded_at=None
-            )
+            Upload.objects.filter(pk=self.pk, status=Status.PROCESSING).update(**undo)
             raise
+
+    def reject_if_replaced(self) -> bool:
+        """Refuse an upload whose object changed after it was verified.
+
+        The form stays valid for a while after the file arrived, so its
+        owner could post other bytes to the same key: those were never
+        checked. A stale event for an earlier version changes nothing.
+        """
+        info = s3.head(self.key)
+        if info is None or info.etag == self.etag:
+            return False
+        moved = self.finish(
+            Status.REJECTED, "The file was replaced after it was checked.", expected=self.status
+        )
+        if moved:
+            delete_objects_after_commit(self.object_keys())
+        return moved
 
     def finish(
         self, outcome: str, error: str = "", expected: str = Status.PROCESSING, **fields: Any
@@ -177,14 +237,22 @@ class Upload(models.Model):
         return bool(moved)
 
     def signed_url(self) -> str:
-        """A short-lived link to the original, served as the verified type."""
+        """A short-lived link to the original.
+
+        Once verified it is served inline as its detected type; before that
+        (staff looking at a failed upload, say) only as a download.
+        """
+        verified = self.status == Status.READY
+        disposition = "inline" if verified else "attachment"
         return str(
             self.file.storage.url(
                 self.key,
                 parameters={
-                    "ResponseContentType": self.detected_type or self.content_type,
+                    "ResponseContentType": self.detected_type
+                    if verified
+                    else "application/octet-stream",
                     "ResponseContentDisposition": (
-                        f"inline; filename*=UTF-8''{quote(self.filename, safe='')}"
+                        f"{disposition}; filename*=UTF-8''{quote(self.filename, safe='')}"
                     ),
                 },
             )
@@ -194,16 +262,11 @@ class Upload(models.Model):
         """Every S3 object this upload owns."""
         return [self.key, *(t.key for t in self.thumbnails.all())]
 
-    def delete_with_objects(self) -> list[str]:
-        """Delete the row and its S3 objects; returns keys S3 failed to delete."""
+    def delete_with_objects(self, report: Callable[[list[str]], None] | None = None) -> None:
+        """Delete the row, then (after commit) its S3 objects."""
         keys = self.object_keys()
         self.delete()
-        try:
-            return s3.delete_many(keys)
-        except Exception:
-            # The row is gone either way; cleanup_uploads removes the orphans later.
-            logger.exception("could not delete the objects of upload %s", self.pk)
-            return keys
+        delete_objects_after_commit(keys, report)
 
 
 class Thumbnail(models.Model):
@@ -230,7 +293,7 @@ class Thumbnail(models.Model):
 
     @staticmethod
     def key_for(upload_id: Any, name: str) -> str:
-        return f"thumbs/{upload_id}/{name}.webp"
+        return f"{THUMBS_PREFIX}{upload_id}/{name}.webp"
 
 
 class Notification(models.Model):

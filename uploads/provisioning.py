@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 from django.conf import settings
 
 from uploads import s3
+from uploads.models import KEY_PREFIX
 
-UPLOADS_PREFIX = "uploads/"
 MESSAGE_RETENTION_SECONDS = 14 * 24 * 3600
 
 
@@ -155,16 +155,23 @@ def lifecycle_current() -> bool:
 
 
 def put_lifecycle() -> None:
+    """Add (or replace) our rule, keeping any other rules the bucket has."""
+    current = _read(
+        lambda: _s3().get_bucket_lifecycle_configuration(Bucket=s3.bucket()),
+        ("NoSuchLifecycleConfiguration",),
+    )
+    others = [r for r in (current or {}).get("Rules", []) if r.get("ID") != LIFECYCLE_RULE_ID]
     _s3().put_bucket_lifecycle_configuration(
         Bucket=s3.bucket(),
         LifecycleConfiguration={
             "Rules": [
+                *others,
                 {
                     "ID": LIFECYCLE_RULE_ID,
                     "Status": "Enabled",
                     "Filter": {"Prefix": ""},
                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-                }
+                },
             ]
         },
     )
@@ -183,11 +190,10 @@ def _queue_attributes(name: str) -> dict[str, str] | None:
     return dict(_sqs().get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"])
 
 
-def desired_queue_attributes(name: str) -> dict[str, str]:
+def desired_queue_attributes(name: str, queue_arn: str) -> dict[str, str]:
     attributes = {"MessageRetentionPeriod": str(MESSAGE_RETENTION_SECONDS)}
     if name == settings.S3_EVENTS_QUEUE:
         dlq = _queue_attributes(settings.S3_EVENTS_DLQ) or {}
-        queue_arn = f"{dlq.get('QueueArn', '').rsplit(':', 1)[0]}:{name}"
         attributes |= {
             "VisibilityTimeout": str(settings.S3_EVENTS_VISIBILITY_TIMEOUT),
             "ReceiveMessageWaitTimeSeconds": "20",
@@ -237,7 +243,7 @@ def queue_current(name: str) -> bool:
     have = _queue_attributes(name)
     if have is None:
         return False
-    want = desired_queue_attributes(name)
+    want = desired_queue_attributes(name, have["QueueArn"])
     return all(_same_attribute(key, have.get(key), value) for key, value in want.items())
 
 
@@ -245,7 +251,10 @@ def put_queue(name: str) -> None:
     if _queue_attributes(name) is None:
         _sqs().create_queue(QueueName=name)
     url = _sqs().get_queue_url(QueueName=name)["QueueUrl"]
-    _sqs().set_queue_attributes(QueueUrl=url, Attributes=desired_queue_attributes(name))
+    arn = _sqs().get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    _sqs().set_queue_attributes(
+        QueueUrl=url, Attributes=desired_queue_attributes(name, arn["QueueArn"])
+    )
 
 
 def _events_queue_arn() -> str:
@@ -262,28 +271,35 @@ def notifications_current() -> bool:
         if (
             config["QueueArn"] == arn
             and "s3:ObjectCreated:*" in config["Events"]
-            and prefixes == [UPLOADS_PREFIX]
+            and prefixes == [KEY_PREFIX]
         ):
             return True
     return False
 
 
+NOTIFICATION_ID = "uploads-object-created"
+
+
 def put_notifications() -> None:
+    """Add (or replace) our queue notification, keeping the bucket's others."""
+    current = _s3().get_bucket_notification_configuration(Bucket=s3.bucket())
+    current.pop("ResponseMetadata", None)
+    others = [c for c in current.pop("QueueConfigurations", []) if c.get("Id") != NOTIFICATION_ID]
     _s3().put_bucket_notification_configuration(
         Bucket=s3.bucket(),
         NotificationConfiguration={
+            **current,
             "QueueConfigurations": [
+                *others,
                 {
-                    "Id": "uploads-object-created",
+                    "Id": NOTIFICATION_ID,
                     "QueueArn": _events_queue_arn(),
                     "Events": ["s3:ObjectCreated:*"],
                     # Only originals: thumbnails written under thumbs/ must not
                     # come back as events.
-                    "Filter": {
-                        "Key": {"FilterRules": [{"Name": "prefix", "Value": UPLOADS_PREFIX}]}
-                    },
-                }
-            ]
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": KEY_PREFIX}]}},
+                },
+            ],
         },
     )
 

@@ -25,13 +25,14 @@ DELETE_BATCH = 1000
 
 
 @functools.cache
-def client(service: str) -> Any:
+def client(service: str, quick: bool = False) -> Any:
+    """A client per service; `quick` ones give up within seconds (health checks)."""
     config = Config(
         signature_version="s3v4",
-        retries={"max_attempts": 3, "mode": "standard"},
-        s3={"addressing_style": "path"} if settings.EMBEDDED_AWS else {},
-        connect_timeout=5,
-        read_timeout=30,
+        retries={"max_attempts": 1 if quick else 3, "mode": "standard"},
+        s3={"addressing_style": "path"} if settings.AWS_ENDPOINT_URL else {},
+        connect_timeout=2 if quick else 5,
+        read_timeout=3 if quick else 30,
     )
     return boto3.client(
         service,
@@ -99,9 +100,25 @@ def head(key: str) -> ObjectInfo | None:
     )
 
 
-def download_to(key: str, fileobj: IO[bytes]) -> None:
-    """Stream the object into a file, in chunks, never whole in memory."""
-    client("s3").download_fileobj(bucket(), key, fileobj)
+class ObjectChanged(Exception):
+    """The object no longer has the ETag it was verified with."""
+
+
+def download_to(key: str, fileobj: IO[bytes], etag: str = "") -> None:
+    """Stream the object into a file, a megabyte at a time, never whole in memory.
+
+    With `etag`, only that version of the object: S3 answers 412 if it has
+    been replaced since, and ObjectChanged is raised.
+    """
+    conditions = {"IfMatch": etag} if etag else {}
+    try:
+        response = client("s3").get_object(Bucket=bucket(), Key=key, **conditions)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise ObjectChanged(key) from None
+        raise
+    for chunk in response["Body"].iter_chunks(1024 * 1024):
+        fileobj.write(chunk)
 
 
 def put(key: str, body: bytes, content_type: str, cache_control: str) -> None:
@@ -135,7 +152,11 @@ def iter_objects(prefix: str) -> Iterator[dict[str, Any]]:
 
 
 def check_bucket() -> None:
-    client("s3").head_bucket(Bucket=bucket())
+    client("s3", quick=True).head_bucket(Bucket=bucket())
+
+
+def check_queue(name: str) -> None:
+    client("sqs", quick=True).get_queue_url(QueueName=name)
 
 
 # --- Queues ---

@@ -9,15 +9,23 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from uploads import filetypes, notifications, s3, thumbnails
-from uploads.models import OUTCOMES, Notification, Status, Thumbnail, Upload
+from uploads.models import (
+    OUTCOMES,
+    Notification,
+    Status,
+    Thumbnail,
+    Upload,
+    delete_objects_after_commit,
+)
 
 logger = logging.getLogger(__name__)
 
-THUMBNAIL_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Keys are never reused for other bytes; "private" keeps shared caches out,
+# since the bucket is private and every link to it signed.
+THUMBNAIL_CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_RETRIES = 5
 
 
@@ -46,7 +54,7 @@ def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def
         fields = build(upload)
     except Rejected as error:
         if upload.finish(Status.REJECTED, str(error)):
-            s3.delete_many(upload.object_keys())
+            delete_objects_after_commit(upload.object_keys())
         return
     except Exception as error:
         if s3.is_transient(error) and self.request.retries < MAX_RETRIES:
@@ -80,7 +88,10 @@ def build(upload: Upload) -> dict[str, Any]:
     """Download, sniff and thumbnail one upload; returns the fields to record."""
     description = filetypes.describe(upload.content_type)
     with tempfile.NamedTemporaryFile(suffix=".upload") as temp:
-        s3.download_to(upload.key, temp)
+        try:
+            s3.download_to(upload.key, temp, etag=upload.etag)
+        except s3.ObjectChanged:
+            raise Rejected("The file was replaced while it was being checked.") from None
         temp.flush()
         path = Path(temp.name)
         detected = filetypes.sniff(path)
@@ -120,6 +131,13 @@ def save_thumbnails(upload: Upload, made: list[thumbnails.Thumbnail]) -> None:
                 "created_at": timezone.now(),
             },
         )
+    if made:
+        # Sizes no longer in THUMBNAIL_SIZES go, with their objects.
+        dropped = upload.thumbnails.exclude(name__in=[thumb.name for thumb in made])
+        keys = [thumb.key for thumb in dropped]
+        if keys:
+            dropped.delete()
+            delete_objects_after_commit(keys)
 
 
 @shared_task(bind=True, max_retries=MAX_RETRIES)
@@ -130,11 +148,15 @@ def send_notification_email(self, notification_id: int) -> None:  # type: ignore
     )
     if not claimed:
         return
-    notification = Notification.objects.select_related("owner").get(pk=notification_id)
+    # Claimed before sending: a crash right here loses this email rather than
+    # ever sending it twice; the in-app notification is there either way.
+    notification = Notification.objects.select_related("owner").filter(pk=notification_id).first()
+    if notification is None:
+        logger.info("notification %s is gone; no email", notification_id)
+        return
     try:
         notifications.email(notification)
     except Exception as error:
         # Give the claim back so the retry (or a later run) can send it.
-        with transaction.atomic():
-            Notification.objects.filter(pk=notification_id).update(emailed_at=None)
+        Notification.objects.filter(pk=notification_id).update(emailed_at=None)
         raise self.retry(countdown=2**self.request.retries * 5, exc=error) from error

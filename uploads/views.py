@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -22,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
+from kombu.exceptions import KombuError
 
 from uploads import filetypes, s3
 from uploads.forms import SignUpForm, StartUploadForm
@@ -30,6 +32,9 @@ from uploads.models import Notification, Status, Upload
 logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
+
+# Notification ids one "read" call may name.
+MAX_IDS = 1000
 
 # The order in which one error code wins over another when several fields fail.
 FORM_ERROR_CODES = ("invalid_filename", "type_not_allowed", "too_large")
@@ -105,6 +110,23 @@ def owned_upload(request: HttpRequest, upload_id: Any) -> Upload | None:
     return Upload.objects.owned_by(request.user).filter(pk=upload_id).first()
 
 
+def storage_unavailable() -> JsonResponse:
+    return error(
+        "storage_unavailable",
+        "Storage is not answering right now; please try again in a moment.",
+        status=503,
+    )
+
+
+def api_server_error(request: HttpRequest) -> HttpResponse:
+    """500 for the whole site: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error("server_error", "Something went wrong on our side; it has been logged.", 500)
+    from django.views.defaults import server_error
+
+    return server_error(request)
+
+
 def not_found() -> JsonResponse:
     return error("not_found", "No such upload.", status=404)
 
@@ -145,9 +167,12 @@ def keyset_page(
     if cursor:
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            created_text, pk = raw.split("|", 1)
+            created_text, pk_text = raw.split("|", 1)
             created_at = datetime.fromisoformat(created_text)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pk = queryset.model._meta.pk.to_python(pk_text)
+            if created_at.tzinfo is None:
+                raise ValueError("naive datetime")
+        except (ValueError, ValidationError, binascii.Error, UnicodeDecodeError):
             return error("invalid", "The cursor is not valid.")
         queryset = queryset.filter(
             Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk)
@@ -244,9 +269,17 @@ def start_upload(request: HttpRequest) -> HttpResponse:
             "wait for some to finish.",
             status=429,
         )
+    # The cap is checked, then the row made: concurrent requests may pass it by
+    # a few, which is fine for a guard against abuse.
     upload = Upload.start(user, **form.cleaned_data)
     expires_in = settings.UPLOAD_URL_EXPIRES
-    post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
+    try:
+        post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
+    except BotoCoreError:
+        # No credentials, typically: nothing was handed out, so nothing is kept.
+        logger.exception("could not sign an upload form")
+        upload.delete()
+        return storage_unavailable()
     logger.info("upload %s started by user %s: %s bytes", upload.pk, request.user.pk, upload.size)
     return JsonResponse(
         {
@@ -268,9 +301,7 @@ def upload_detail(request: HttpRequest, upload_id: Any) -> HttpResponse:
     if upload is None:
         return not_found()
     if request.method == "DELETE":
-        failed = upload.delete_with_objects()
-        if failed:
-            logger.error("upload %s deleted; S3 kept %s (cleanup will retry)", upload_id, failed)
+        upload.delete_with_objects()
         return HttpResponse(status=204)
     return JsonResponse(serialize_upload(upload))
 
@@ -283,13 +314,10 @@ def complete_upload(request: HttpRequest, upload_id: Any) -> HttpResponse:
         return not_found()
     try:
         upload.accept_arrival()
-    except (BotoCoreError, ClientError, ConnectionError):
+    except (BotoCoreError, ClientError, KombuError):
+        # Storage or the task queue is down; S3's own event will finish the job.
         logger.exception("could not check the arrival of upload %s", upload.pk)
-        return error(
-            "storage_unavailable",
-            "Storage is not answering; the upload will finish on its own.",
-            503,
-        )
+        return storage_unavailable()
     upload.refresh_from_db()
     if upload.status == Status.PENDING:
         return error("not_uploaded", "The file has not arrived in storage yet.", status=409)
@@ -337,8 +365,12 @@ def notifications_read(request: HttpRequest) -> HttpResponse:
     unread = Notification.objects.filter(owner=signed_in_user(request), read=False)
     ids = body.get("ids")
     if ids is not None:
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            return error("invalid", "ids must be a list of notification ids.")
+        if (
+            not isinstance(ids, list)
+            or len(ids) > MAX_IDS
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            return error("invalid", f"ids must be a list of at most {MAX_IDS} notification ids.")
         unread = unread.filter(pk__in=ids)
     marked = unread.update(read=True)
     return JsonResponse({"marked": marked})
@@ -354,7 +386,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
     probes: dict[str, Callable[[], object]] = {
         "database": lambda: connection.ensure_connection(),
         "storage": s3.check_bucket,
-        "queue": lambda: s3.queue_depth(settings.S3_EVENTS_QUEUE),
+        "queue": lambda: s3.check_queue(settings.S3_EVENTS_QUEUE),
     }
     for name, probe in probes.items():
         try:

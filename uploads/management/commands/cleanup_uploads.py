@@ -22,8 +22,9 @@ def age(value: str) -> timedelta:
 class Command(BaseCommand):
     help = (
         "Expire pending uploads whose file never came (deleting any that came late), delete "
-        "S3 objects under uploads/ and thumbs/ that no upload needs, and abort stale "
-        "multipart uploads. Nothing younger than --older-than is touched."
+        "S3 objects under uploads/ and thumbs/ that no upload needs, abort stale multipart "
+        "uploads, and queue again work whose task was lost. Nothing younger than "
+        "--older-than is touched."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -59,6 +60,12 @@ class Command(BaseCommand):
             f"{'Would abort' if dry_run else 'Aborted'} {result.multipart_aborted:,} stale "
             "multipart uploads."
         )
+        if result.restarted or result.emails_requeued:
+            self.stdout.write(
+                f"{'Would queue' if dry_run else 'Queued'} processing again for "
+                f"{result.restarted:,} uploads whose task was lost, and "
+                f"{result.emails_requeued:,} unsent emails."
+            )
         if result.failed:
             sample = ", ".join(result.failed[:10])
             raise CommandError(f"S3 could not delete {len(result.failed):,} objects: {sample}")

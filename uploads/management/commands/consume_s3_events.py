@@ -54,7 +54,15 @@ class Command(BaseCommand):
                 self.polling = False
             if messages:
                 close_old_connections()
-                result = consumer.handle_batch(queue, messages)
+                try:
+                    result = consumer.handle_batch(queue, messages)
+                except Exception:
+                    # Messages not deleted come back after their visibility timeout.
+                    logger.exception("handling a batch from %s failed; retrying shortly", queue)
+                    if once:
+                        raise
+                    self.sleep(5)
+                    continue
                 for name in ("handled", "ignored", "malformed", "failed"):
                     setattr(total, name, getattr(total, name) + getattr(result, name))
                 logger.info(
