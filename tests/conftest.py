@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from project import celery_app
 from tests.environment import AWS_PORT, TEST_ENV
+from uploads import s3
 from uploads.management.commands.devstack import worker_command
+from uploads.models import Thumbnail, Upload
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -182,3 +186,53 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """Run queued tasks in this process, so their effect can be checked."""
+    conf = celery_app.conf
+    before = conf.task_always_eager, conf.task_eager_propagates
+    conf.task_always_eager = conf.task_eager_propagates = True
+    yield
+    conf.task_always_eager, conf.task_eager_propagates = before
+
+
+# --- rows and objects as the pipeline leaves them ---
+
+
+def jpeg_bytes(size: tuple[int, int] = (300, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 160, 90)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def make_upload(owner: Any, status: str, body: bytes | None = None, **fields: Any) -> Upload:
+    """A row as the pipeline leaves it, with its original in S3 when `body` is given."""
+    upload_id = uuid.uuid4()
+    key = f"uploads/{upload_id}.jpg"
+    if body is not None:
+        s3.put(key, body, "image/jpeg", "private")
+    size = len(body) if body is not None else 1234
+    return Upload.objects.create(
+        id=upload_id,
+        owner=owner,
+        filename=f"{status}.jpg",
+        file=key,
+        content_type="image/jpeg",
+        size=size,
+        status=status,
+        **fields,
+    )
+
+
+def add_thumbnail(upload: Upload, name: str) -> Thumbnail:
+    key = Thumbnail.key_for(upload.pk, name)
+    s3.put(key, b"RIFF....WEBP", "image/webp", "private")
+    return Thumbnail.objects.create(
+        upload=upload, name=name, file=key, width=int(name), height=int(name), bytes=12
+    )
+
+
+def exists(key: str) -> bool:
+    return s3.head(key) is not None

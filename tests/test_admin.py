@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,8 +13,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from project import celery_app
-from tests.test_commands import add_thumbnail, exists, jpeg_bytes, make_upload
+from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_upload
 from uploads.admin import CappedCountPaginator
 from uploads.models import Notification, Status, Upload
 
@@ -24,15 +22,6 @@ pytestmark = pytest.mark.django_db
 UPLOADS = "/admin/uploads/upload/"
 SUMMARY = "/admin/uploads/upload/summary/"
 NOTIFICATIONS = "/admin/uploads/notification/"
-
-
-@pytest.fixture
-def eager_tasks() -> Iterator[None]:
-    conf = celery_app.conf
-    before = conf.task_always_eager, conf.task_eager_propagates
-    conf.task_always_eager = conf.task_eager_propagates = True
-    yield
-    conf.task_always_eager, conf.task_eager_propagates = before
 
 
 def act(

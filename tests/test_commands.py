@@ -15,52 +15,14 @@ from django.conf import settings
 from django.core import mail
 from django.core.management import CommandError, call_command
 from django.utils import timezone
-from PIL import Image
 
-from project import celery_app
+from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_upload
 from uploads import maintenance, s3
-from uploads.models import Notification, Status, Thumbnail, Upload
+from uploads.models import Notification, Status, Upload
 
 pytestmark = pytest.mark.django_db
 
 DATA = settings.BASE_DIR / "tests" / "data"
-
-
-def jpeg_bytes(size: tuple[int, int] = (300, 200)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (30, 160, 90)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def make_upload(owner: Any, status: str, body: bytes | None = None, **fields: Any) -> Upload:
-    """A row as the pipeline leaves it, with its original in S3 when `body` is given."""
-    upload_id = uuid.uuid4()
-    key = f"uploads/{upload_id}.jpg"
-    if body is not None:
-        s3.put(key, body, "image/jpeg", "private")
-    size = len(body) if body is not None else 1234
-    return Upload.objects.create(
-        id=upload_id,
-        owner=owner,
-        filename=f"{status}.jpg",
-        file=key,
-        content_type="image/jpeg",
-        size=size,
-        status=status,
-        **fields,
-    )
-
-
-def add_thumbnail(upload: Upload, name: str) -> Thumbnail:
-    key = Thumbnail.key_for(upload.pk, name)
-    s3.put(key, b"RIFF....WEBP", "image/webp", "private")
-    return Thumbnail.objects.create(
-        upload=upload, name=name, file=key, width=int(name), height=int(name), bytes=12
-    )
-
-
-def exists(key: str) -> bool:
-    return s3.head(key) is not None
 
 
 def run(*args: str) -> str:
@@ -73,16 +35,6 @@ def run(*args: str) -> str:
 def empty_bucket(isolated_storage: str) -> None:
     """A bucket of the test's own, so that counts below are about its objects alone."""
     call_command("setup_storage", stdout=io.StringIO())
-
-
-@pytest.fixture
-def eager_tasks() -> Iterator[None]:
-    """Run queued tasks in this process, so their effect can be checked."""
-    conf = celery_app.conf
-    before = conf.task_always_eager, conf.task_eager_propagates
-    conf.task_always_eager = conf.task_eager_propagates = True
-    yield
-    conf.task_always_eager, conf.task_eager_propagates = before
 
 
 # --- cleanup_uploads ---
