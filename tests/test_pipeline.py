@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any, cast
 
@@ -323,6 +324,12 @@ def test_a_worker_on_a_redis_broker_processes_uploads_too(
     from uploads.tasks import process_upload
 
     redis_url = "redis://127.0.0.1:6379/13"
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("no Redis on 127.0.0.1:6379 (CI has one, and fails without it)")
     upload_id = upload_file(alice, jpeg((640, 480)), "image/jpeg", "redis.jpg")
     # Claimed by the SQS-based pipeline; process it again through Redis.
     settled(upload_id)
