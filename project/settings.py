@@ -253,7 +253,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "region": AWS_S3_REGION_NAME,
     "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT,
     "wait_time_seconds": 10,
-    "polling_interval": 0.2,
+    # Pause after an empty long poll: with 10-second long polls it costs no
+    # requests, and a short one saved ~80 ms from S3's 2xx to ready (bench/).
+    "polling_interval": 0.02,
     "queue_name_prefix": os.environ.get("CELERY_QUEUE_PREFIX", "uploads-"),
     "is_secure": bool(_endpoint is None or _endpoint.scheme == "https"),
 }
