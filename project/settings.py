@@ -100,7 +100,8 @@ TEMPLATES = [
 ]
 
 # Database: SQLite under var/ unless DATABASE_URL says otherwise.
-VAR_DIR = BASE_DIR / "var"
+# Local state of the embedded stack: database, saved bucket, mail.
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
@@ -140,7 +141,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+STATIC_ROOT = VAR_DIR / "staticfiles"
 
 # --- AWS: S3 for the files, SQS for S3's events (and, by default, Celery) ---
 

@@ -67,7 +67,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, workers: int, **options: Any) -> None:
         port = int(os.environ.get("PORT", 8000))
         if not settings.EMBEDDED_AWS:
-            raise CommandError("devstack runs the embedded endpoint; AWS_ENDPOINT_URL is empty.")
+            raise CommandError(
+                "devstack runs moto on this machine: leave AWS_ENDPOINT_URL unset "
+                "(or point it at 127.0.0.1)."
+            )
         endpoint = urlsplit(settings.AWS_ENDPOINT_URL)
         self.snapshot_dir = Path(settings.VAR_DIR) / "aws"
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
