@@ -76,7 +76,8 @@ class DevStack:
 
     def descendants(self) -> set[int]:
         assert self.process is not None
-        found, todo = set(), [self.process.pid]
+        found: set[int] = set()
+        todo = [self.process.pid]
         while todo:
             pid = todo.pop()
             for task in Path(f"/proc/{pid}/task").glob("*/children"):
@@ -121,7 +122,9 @@ def signed_in(stack: DevStack) -> requests.Session:
         headers={"Referer": f"{stack.base}/accounts/login/"},
         timeout=10,
     )
-    session.headers.update({"X-CSRFToken": session.cookies["csrftoken"], "Referer": stack.base})
+    session.headers.update(
+        {"X-CSRFToken": session.cookies["csrftoken"] or "", "Referer": stack.base}
+    )
     return session
 
 
