@@ -128,7 +128,26 @@ def signed_in(stack: DevStack) -> requests.Session:
     return session
 
 
-def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(tmp_path: Path) -> None:
+def upload_and_wait(stack: DevStack, session: requests.Session, data: bytes) -> str:
+    start = session.post(
+        f"{stack.base}/api/uploads/",
+        json={"filename": "keep.jpg", "content_type": "image/jpeg", "size": len(data)},
+        timeout=10,
+    ).json()
+    response = requests.post(
+        start["url"], data=start["fields"], files={"file": ("keep.jpg", data)}, timeout=30
+    )
+    assert response.status_code == 204
+    wait_for(lambda: fetch(stack, session, start["id"])["status"] == "ready", timeout=60)
+    return str(start["id"])
+
+
+def fetch(stack: DevStack, session: requests.Session, upload_id: str) -> Any:
+    return session.get(f"{stack.base}/api/uploads/{upload_id}/", timeout=10).json()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> DevStack:
     stack = DevStack(tmp_path)
     stack.manage("migrate", "--no-input")
     stack.manage(
@@ -136,33 +155,45 @@ def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(tmp_path: Path)
         "from django.contrib.auth.models import User; "
         "User.objects.create_user('dev', 'dev@example.com', 'a-long-dev-password')",
     )  # fmt: skip
+    return stack
+
+
+def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(stack: DevStack) -> None:
     try:
         stack.start()
         session = signed_in(stack)
         data = jpeg()
-        start = session.post(
-            f"{stack.base}/api/uploads/",
-            json={"filename": "keep.jpg", "content_type": "image/jpeg", "size": len(data)},
-            timeout=10,
-        ).json()
-        response = requests.post(
-            start["url"], data=start["fields"], files={"file": ("keep.jpg", data)}, timeout=30
-        )
-        assert response.status_code == 204
-
-        def ready() -> Any:
-            upload = session.get(f"{stack.base}/api/uploads/{start['id']}/", timeout=10).json()
-            return upload if upload["status"] == "ready" else None
-
-        wait_for(ready, timeout=60, interval=0.3)
+        upload_id = upload_and_wait(stack, session, data)
         assert stack.stop() == set(), "processes left behind"
 
         stack.start()
-        upload = wait_for(ready, timeout=30)
+        upload = fetch(stack, session, upload_id)
+        assert upload["status"] == "ready"
         assert requests.get(upload["url"], timeout=10).content == data
         for thumbnail in upload["thumbnails"]:
             assert requests.get(thumbnail["url"], timeout=10).status_code == 200
         assert len(upload["thumbnails"]) == 2
         assert stack.stop() == set(), "processes left behind"
+    finally:
+        stack.kill_all()
+
+
+def test_after_a_crash_no_upload_points_at_a_missing_object(stack: DevStack) -> None:
+    try:
+        stack.start()
+        session = signed_in(stack)
+        upload_id = upload_and_wait(stack, session, jpeg())
+        # A crash: no chance to save the embedded bucket on the way out.
+        stack.kill_all()
+
+        stack.start()
+        upload = fetch(stack, session, upload_id)
+        if upload["status"] == "ready":  # saved by a periodic snapshot in time
+            urls = [upload["url"], *(t["url"] for t in upload["thumbnails"])]
+            assert [requests.get(url, timeout=10).status_code for url in urls] == [200] * 3
+        else:
+            assert upload["status"] == "failed"
+            assert "lost" in upload["error"]
+            assert upload["thumbnails"] == [] and upload["url"] is None
     finally:
         stack.kill_all()
