@@ -341,6 +341,7 @@ function thumbnailFor(upload) {
       width: String(thumb.width),
       height: String(thumb.height),
       loading: "lazy",
+      "data-kind": upload.content_type.startsWith("image/") ? "image" : "document",
     });
   }
   return fileIcon(upload.content_type);
