@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# `make dev` runs moto here; without it the settings talk to AWS itself.
+DEV_AWS_ENDPOINT_URL ?= http://127.0.0.1:9090
 
 .PHONY: dev test lint install clean
 
@@ -17,7 +19,7 @@ install: $(BIN)/.installed
 dev: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate --no-input
-	PORT=$(PORT) $(BIN)/python manage.py devstack
+	PORT=$(PORT) AWS_ENDPOINT_URL=$(DEV_AWS_ENDPOINT_URL) $(BIN)/python manage.py devstack
 
 test: install
 	$(BIN)/python -m pytest

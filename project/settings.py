@@ -1,9 +1,9 @@
 """Settings for the whole project, read from the environment.
 
-With no environment at all this runs the embedded stack: SQLite under var/,
-moto's server as the S3 + SQS endpoint and SQS (on that endpoint) as the
-Celery broker. Production sets DEBUG=false, SECRET_KEY, ALLOWED_HOSTS,
-DATABASE_URL and leaves AWS_ENDPOINT_URL empty to talk to AWS itself.
+Defaults suit the embedded stack: SQLite under var/, and SQS as the Celery
+broker on the same endpoint as S3. `make dev` points AWS_ENDPOINT_URL at the
+moto server it starts; left unset, the same settings talk to AWS itself.
+Production sets DEBUG=false, SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -145,11 +145,9 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 
 # --- AWS: S3 for the files, SQS for S3's events (and, by default, Celery) ---
 
-# Unset: the embedded endpoint that `make dev` starts (only when DEBUG).
-# Empty: AWS itself. Any URL: an S3/SQS-compatible endpoint.
-AWS_ENDPOINT_URL = os.environ.get(
-    "AWS_ENDPOINT_URL", "http://127.0.0.1:9090" if DEBUG else ""
-).rstrip("/")
+# Unset or empty: AWS itself. A URL: an S3/SQS-compatible endpoint, such as the
+# moto server that `make dev` starts on 127.0.0.1:9090.
+AWS_ENDPOINT_URL = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/")
 _endpoint = urlsplit(AWS_ENDPOINT_URL) if AWS_ENDPOINT_URL else None
 # An endpoint on this machine is the embedded one (moto): dummy credentials.
 EMBEDDED_AWS = bool(_endpoint and _endpoint.hostname in ("127.0.0.1", "localhost", "::1"))
@@ -169,11 +167,16 @@ S3_EVENTS_MAX_RECEIVES = env_int("S3_EVENTS_MAX_RECEIVES", 5)
 S3_EVENTS_VISIBILITY_TIMEOUT = env_int("S3_EVENTS_VISIBILITY_TIMEOUT", 60)
 
 # Origins allowed to POST files to the bucket and GET them (bucket CORS).
-# In development, the site's own origin (`make dev` honours PORT).
+# Where users reach the site: links in emails, and the origin the bucket's
+# CORS rules let post files (`make dev` honours PORT).
 _dev_port = env_int("PORT", 8000)
+SITE_URL = os.environ.get("SITE_URL", f"http://127.0.0.1:{_dev_port}").rstrip("/")
+_site = urlsplit(SITE_URL)
 UPLOAD_CORS_ORIGINS = env_list(
     "UPLOAD_CORS_ORIGINS",
-    [f"http://127.0.0.1:{_dev_port}", f"http://localhost:{_dev_port}"] if DEBUG else [],
+    [f"http://127.0.0.1:{_dev_port}", f"http://localhost:{_dev_port}"]
+    if DEBUG
+    else [f"{_site.scheme}://{_site.netloc}"],
 )
 
 STORAGES = {
@@ -290,7 +293,6 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "uploads@localhost")
-SITE_URL = os.environ.get("SITE_URL", f"http://127.0.0.1:{_dev_port}").rstrip("/")
 
 # --- Security for production ---
 

@@ -19,7 +19,23 @@ const MESSAGES = {
   not_found: "This upload no longer exists.",
   not_uploaded: "Storage has not received the file.",
   network: "The server could not be reached: check the connection and retry.",
+  too_many_uploads: "You have many uploads in progress: wait for some to finish.",
+  storage_unavailable: "Storage is not answering right now: retry in a moment.",
+  server_error: "Something went wrong on our side: retry in a moment.",
 };
+
+// Browsers leave File.type empty for types they do not know (often HEIC and
+// AVIF); the extension is the next best claim. The server checks the bytes.
+const TYPES_BY_EXTENSION = {
+  jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp", gif: "image/gif",
+  heic: "image/heic", heif: "image/heif", avif: "image/avif", pdf: "application/pdf",
+};
+
+export function declaredType(file) {
+  if (file.type) return file.type;
+  const extension = file.name.includes(".") ? file.name.split(".").pop().toLowerCase() : "";
+  return TYPES_BY_EXTENSION[extension] || "";
+}
 // Types a browser can show from the local file while it uploads.
 const PREVIEWABLE = new Set(["image/jpeg", "image/png", "image/webp", "image/gif", "image/avif"]);
 
@@ -169,7 +185,7 @@ class UploadRow {
   }
 
   checkLocally() {
-    if (!(this.file.type in config.allowedTypes)) {
+    if (!(declaredType(this.file) in config.allowedTypes)) {
       const allowed = Object.values(config.allowedTypes).join(", ");
       return `This kind of file is not accepted. Allowed: ${allowed}.`;
     }
@@ -190,7 +206,7 @@ class UploadRow {
     this.setState("pending", "Preparing…");
     const result = await api(config.uploadsUrl, {
       method: "POST",
-      body: { filename: this.file.name, content_type: this.file.type, size: this.file.size },
+      body: { filename: this.file.name, content_type: declaredType(this.file), size: this.file.size },
     });
     if (!result.ok) {
       const message = result.error.message || MESSAGES[result.error.code] || "The upload was refused.";

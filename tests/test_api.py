@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -59,6 +60,10 @@ def test_start_returns_a_sigv4_form_bound_to_key_type_and_size(alice: Client) ->
     assert {"x-amz-algorithm": "AWS4-HMAC-SHA256"} in conditions
     assert body["upload"]["status"] == "pending"
     assert body["expires_at"] > body["upload"]["created_at"]
+    # A short expiry: UPLOAD_URL_EXPIRES (10 minutes) from now.
+    expiration = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    lifetime = (expiration - datetime.now(UTC)).total_seconds()
+    assert settings.UPLOAD_URL_EXPIRES - 60 < lifetime <= settings.UPLOAD_URL_EXPIRES
 
 
 def test_keys_are_unique_and_never_built_from_the_filename(alice: Client) -> None:
@@ -373,3 +378,24 @@ def test_marking_read_refuses_too_many_ids(alice: Client) -> None:
     )
     assert response.status_code == 400
     assert error_code(response) == "invalid"
+
+
+def test_complete_while_storage_is_down_is_a_503_and_changes_nothing(alice: Client) -> None:
+    from unittest import mock
+
+    from botocore.exceptions import EndpointConnectionError
+
+    body = start_jpeg(alice, b"12345")
+    outage = EndpointConnectionError(endpoint_url="http://s3")
+    with mock.patch("uploads.s3.head", side_effect=outage):
+        response = alice.post(f"/api/uploads/{body['id']}/complete")
+
+    assert response.status_code == 503
+    assert error_code(response) == "storage_unavailable"
+    assert Upload.objects.get(pk=body["id"]).status == Status.PENDING
+
+
+def test_anonymous_api_errors_name_their_code(client: Client) -> None:
+    response = client.get("/api/uploads/")
+    assert response.status_code == 401
+    assert error_code(response) == "not_authenticated"

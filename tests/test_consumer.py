@@ -168,3 +168,16 @@ def test_a_stale_event_for_a_verified_upload_changes_nothing(own_queues: str, us
     assert (result.handled, result.failed) == (0, 0)
     upload.refresh_from_db()
     assert upload.status == Status.PROCESSING
+
+
+def test_of_two_racing_arrivals_only_the_first_claims(own_queues: str, user: Any) -> None:
+    upload = pending_upload(user)
+    # The event and the page's "complete" each loaded the row while pending.
+    from_event = Upload.objects.get(pk=upload.pk)
+    from_page = Upload.objects.get(pk=upload.pk)
+
+    with mock.patch("uploads.tasks.process_upload.delay") as enqueue:
+        assert from_event.accept_arrival() is True
+        assert from_page.accept_arrival() is False
+
+    enqueue.assert_called_once_with(str(upload.pk))

@@ -72,10 +72,11 @@ def regenerate_thumbnails(self, upload_id: str, force: bool = False) -> None:  #
     if upload is None:
         return
     have = set(upload.thumbnails.values_list("name", flat=True))
-    if not force and have >= {str(size) for size in settings.THUMBNAIL_SIZES}:
+    sizes = [size for size in settings.THUMBNAIL_SIZES if force or str(size) not in have]
+    if not sizes:
         return
     try:
-        build(upload)
+        build(upload, sizes)
     except Rejected as error:
         logger.warning("upload %s can no longer be thumbnailed: %s", upload_id, error)
     except Exception as error:
@@ -84,8 +85,12 @@ def regenerate_thumbnails(self, upload_id: str, force: bool = False) -> None:  #
         raise self.retry(countdown=2**self.request.retries, exc=error) from error
 
 
-def build(upload: Upload) -> dict[str, Any]:
-    """Download, sniff and thumbnail one upload; returns the fields to record."""
+def build(upload: Upload, sizes: list[int] | None = None) -> dict[str, Any]:
+    """Download, sniff and thumbnail one upload; returns the fields to record.
+
+    Makes thumbnails at `sizes`, by default every one of THUMBNAIL_SIZES.
+    """
+    sizes = sizes or settings.THUMBNAIL_SIZES
     description = filetypes.describe(upload.content_type)
     with tempfile.NamedTemporaryFile(suffix=".upload") as temp:
         try:
@@ -98,13 +103,13 @@ def build(upload: Upload) -> dict[str, Any]:
         if not filetypes.matches(upload.content_type, detected):
             raise Rejected(f"The file is not a {description}.")
         if not upload.is_image:
-            made = thumbnails.make_pdf_preview(path, settings.THUMBNAIL_SIZES)
+            made = thumbnails.make_pdf_preview(path, sizes)
             save_thumbnails(upload, made)
             return {"detected_type": detected}
         try:
             info, made = thumbnails.make_thumbnails(
                 path,
-                sizes=settings.THUMBNAIL_SIZES,
+                sizes=sizes,
                 max_pixels=settings.IMAGE_MAX_PIXELS,
                 expected_type=upload.content_type,
                 description=description,
@@ -133,7 +138,7 @@ def save_thumbnails(upload: Upload, made: list[thumbnails.Thumbnail]) -> None:
         )
     if made:
         # Sizes no longer in THUMBNAIL_SIZES go, with their objects.
-        dropped = upload.thumbnails.exclude(name__in=[thumb.name for thumb in made])
+        dropped = upload.thumbnails.exclude(name__in=[str(s) for s in settings.THUMBNAIL_SIZES])
         keys = [thumb.key for thumb in dropped]
         if keys:
             dropped.delete()

@@ -68,8 +68,8 @@ class Command(BaseCommand):
         port = int(os.environ.get("PORT", 8000))
         if not settings.EMBEDDED_AWS:
             raise CommandError(
-                "devstack runs moto on this machine: leave AWS_ENDPOINT_URL unset "
-                "(or point it at 127.0.0.1)."
+                "devstack runs moto on this machine: set AWS_ENDPOINT_URL to an address "
+                "on 127.0.0.1 (`make dev` does)."
             )
         endpoint = urlsplit(settings.AWS_ENDPOINT_URL)
         self.snapshot_dir = Path(settings.VAR_DIR) / "aws"
@@ -86,7 +86,7 @@ class Command(BaseCommand):
             if not port_is_free(host, number):
                 raise CommandError(
                     f"Port {number} is already in use (another `make dev`?). "
-                    "Stop it, or choose other ports with PORT=... and AWS_ENDPOINT_URL=..."
+                    "Stop it, or choose other ports with PORT=... and DEV_AWS_ENDPOINT_URL=..."
                 )
 
         from moto.server import ThreadedMotoServer
@@ -241,15 +241,13 @@ class Command(BaseCommand):
         lost_thumbs = Thumbnail.objects.exclude(file__in=present)
         lost_thumbs_count = lost_thumbs.count()
         lost_thumbs.delete()
-        lost = Upload.objects.filter(status__in=[Status.PROCESSING, Status.READY]).exclude(
-            file__in=present
-        )
-        for upload in lost:
-            upload.finish(
-                Status.FAILED,
-                "The stored file was lost; please upload it again.",
-                expected=upload.status,
-            )
+        # Failed uploads keep their original too, for a retry.
+        kept = [Status.PROCESSING, Status.READY, Status.FAILED]
+        lost = Upload.objects.filter(status__in=kept).exclude(file__in=present)
+        lost_message = "The stored file was lost; please upload it again."
+        lost_count = 0
+        for upload in lost.exclude(status=Status.FAILED, error=lost_message):
+            lost_count += upload.finish(Status.FAILED, lost_message, expected=upload.status)
         from uploads.tasks import process_upload, regenerate_thumbnails, send_notification_email
 
         in_flight = list(
@@ -269,7 +267,7 @@ class Command(BaseCommand):
             "pk", flat=True
         ):
             send_notification_email.delay(notification_id)
-        if lost_thumbs_count or lost:
+        if lost_thumbs_count or lost_count:
             self.stdout.write(
-                f"Reconciled: {lost_thumbs_count} lost thumbnails, {len(lost)} lost uploads."
+                f"Reconciled: {lost_thumbs_count} lost thumbnails, {lost_count} lost uploads."
             )
