@@ -414,3 +414,21 @@ def test_cleanup_queues_emails_that_were_never_queued(
     assert len(mail.outbox) == 1
     notification.refresh_from_db()
     assert notification.emailed_at is not None
+
+
+def test_redriven_events_are_then_handled_by_the_consumer(
+    queues: tuple[str, str], user: Any
+) -> None:
+    from uploads import consumer
+
+    events, dlq = queues
+    upload = make_upload(user, Status.PENDING, jpeg_bytes())
+    s3.send_message(dlq, event_for(upload.key))  # gave up on while storage was down, say
+
+    run("redrive_dead_letters")
+    result = consumer.handle_batch(events, s3.receive(events, wait_seconds=1))
+
+    assert result.handled == 1
+    upload.refresh_from_db()
+    assert upload.status == Status.PROCESSING
+    assert s3.queue_depth(events)["visible"] == 0 and s3.queue_depth(dlq)["visible"] == 0
