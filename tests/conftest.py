@@ -7,9 +7,8 @@ import io
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ import pytest
 from PIL import Image
 
 from project import celery_app
+from tests.devstack_runner import ROOT, wait_for
 from tests.environment import AWS_PORT, TEST_ENV
 from uploads import s3
 from uploads.management.commands.devstack import worker_command
 from uploads.models import Thumbnail, Upload
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -80,17 +79,6 @@ def post_to_s3(start: dict[str, Any], body: bytes, filename: str = "file") -> An
     return requests.post(
         start["url"], data=start["fields"], files={"file": (filename, body)}, timeout=30
     )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {condition}")
-        time.sleep(interval)
 
 
 def _database_url() -> str:

@@ -9,16 +9,10 @@ endpoint on a free port.
 from __future__ import annotations
 
 import os
-import socket
 
+from tests.devstack_runner import free_port
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-AWS_PORT = _free_port()
+AWS_PORT = free_port()
 TEST_ENV = {
     "DEBUG": "true",
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{AWS_PORT}",
