@@ -218,15 +218,22 @@ def thumbnail_image(url: str) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 
 
+def with_gps(format: str, size: tuple[int, int]) -> bytes:
+    """A photo in `format` carrying EXIF with a GPS position, which must not survive."""
+    data = images.save(images.photo(size), format, exif=images.exif_with_gps())
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825), "no GPS in the source"
+    return data
+
+
 @pytest.mark.parametrize(
     ("make", "content_type", "filename", "size"),
     [
         (lambda: images.jpeg((1200, 900)), "image/jpeg", "photo.jpg", (1200, 900)),
-        (lambda: images.png_rgba((600, 400)), "image/png", "logo.png", (600, 400)),
-        (lambda: images.webp((640, 480)), "image/webp", "pic.webp", (640, 480)),
+        (lambda: with_gps("PNG", (600, 400)), "image/png", "logo.png", (600, 400)),
+        (lambda: with_gps("WEBP", (640, 480)), "image/webp", "pic.webp", (640, 480)),
         (lambda: images.animated_gif((320, 240)), "image/gif", "anim.gif", (320, 240)),
-        (lambda: images.heic((640, 480)), "image/heic", "iphone.heic", (640, 480)),
-        (lambda: images.avif((640, 480)), "image/avif", "modern.avif", (640, 480)),
+        (lambda: with_gps("HEIF", (640, 480)), "image/heic", "iphone.heic", (640, 480)),
+        (lambda: with_gps("AVIF", (640, 480)), "image/avif", "modern.avif", (640, 480)),
     ],
 )
 def test_each_image_type_ends_ready_with_clean_thumbnails(
