@@ -432,3 +432,13 @@ def test_redriven_events_are_then_handled_by_the_consumer(
     upload.refresh_from_db()
     assert upload.status == Status.PROCESSING
     assert s3.queue_depth(events)["visible"] == 0 and s3.queue_depth(dlq)["visible"] == 0
+
+
+def test_cleanup_fails_loudly_when_s3_keeps_objects(
+    bucket_with_garbage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S3 reports per-key errors in a 200 response; moto never does.
+    monkeypatch.setattr(s3, "delete_many", lambda keys: list(keys))
+
+    with pytest.raises(CommandError, match="could not delete 4 objects"):
+        run("cleanup_uploads", "--older-than", "2s")

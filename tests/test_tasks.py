@@ -119,3 +119,13 @@ def test_a_size_dropped_from_the_settings_goes_with_its_object(
 
     assert sorted(upload.thumbnails.values_list("name", flat=True)) == ["256", "512"]
     assert s3.head(old_key) is None
+
+
+def test_image_work_and_emails_go_to_separate_queues() -> None:
+    from project import celery_app
+
+    router = celery_app.amqp.router
+    assert router.route({}, "uploads.tasks.process_upload")["queue"].name == "images"
+    assert router.route({}, "uploads.tasks.regenerate_thumbnails")["queue"].name == "images"
+    route = router.route({}, "uploads.tasks.send_notification_email")
+    assert route["queue"].name == "notifications"

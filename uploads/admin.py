@@ -64,8 +64,12 @@ def parse_uuid(term: str) -> uuid.UUID | None:
 
 
 def owners_matching(term: str) -> list[Any]:
-    """Users whose username or email is the term (any case): a small table, searched first."""
-    users = get_user_model().objects.filter(Q(username__iexact=term) | Q(email__iexact=term))
+    """Users whose username or email contains the term (any case), at most 100.
+
+    The users table is far smaller than the uploads table, so it is searched
+    first and the uploads are then found through the owner index.
+    """
+    users = get_user_model().objects.filter(Q(username__icontains=term) | Q(email__icontains=term))
     return list(users.values_list("pk", flat=True)[:100])
 
 
