@@ -240,6 +240,8 @@ def main() -> None:
 
     create_database(args.database_url)
     os.environ["DATABASE_URL"] = args.database_url
+    # The list signs thumbnail URLs (no request is made): any local endpoint does.
+    os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:9090")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
 
