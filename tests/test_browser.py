@@ -535,3 +535,22 @@ def test_processed_photo_shows_its_thumbnail_and_a_notification(
 
     expect(page.locator("#unread-label")).to_have_text("No new notifications")
     expect(page.locator("#unread-count")).to_be_hidden()
+
+
+@pytest.mark.pipeline
+def test_a_file_that_is_not_what_it_claims_shows_its_rejection_on_its_own(
+    signed_in: Page, pipeline: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page = open_uploads(signed_in)
+    html = b"<!doctype html><html><body><script>alert(1)</script></body></html>"
+
+    page.set_input_files("#file-input", files=[a_file("fake.jpg", "image/jpeg", html)])
+
+    fake = row(page, "fake.jpg")
+    expect(fake).to_have_attribute("data-state", "rejected", timeout=30_000)
+    expect(fake.locator(".message")).to_have_text("The file is not a JPEG image.")
+    expect(page.locator("#unread-label")).to_have_text(
+        "1 new: “fake.jpg” was not accepted: The file is not a JPEG image."
+    )
