@@ -20,7 +20,7 @@ import pytest
 from django.test import Client
 from PIL import Image
 
-from tests.conftest import wait_for
+from tests.conftest import make_upload, wait_for
 from tests.environment import TEST_ENV
 from uploads import s3
 from uploads.models import Status, Upload
@@ -505,6 +505,25 @@ def test_keyboard_alone_can_choose_cancel_and_retry(signed_in: Page) -> None:
     page.keyboard.press("Enter")
     expect(big).to_have_attribute("data-state", ARRIVED)
     expect(page.locator("#announcer")).to_have_text(re.compile(r"^big\.jpg: (Processing…|Ready)"))
+
+
+def test_earlier_uploads_are_listed_a_page_at_a_time(
+    signed_in: Page, user: Any, settings: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    settings.UPLOAD_PAGE_SIZE = 2
+    for _ in range(3):
+        make_upload(user, Status.READY)
+
+    page = open_uploads(signed_in)
+
+    tiles = page.locator("#gallery .tile")
+    expect(tiles).to_have_count(2)
+    more = page.get_by_role("button", name="Show more")
+    more.click()
+    expect(tiles).to_have_count(3)
+    expect(more).to_be_hidden()
 
 
 @pytest.mark.pipeline
