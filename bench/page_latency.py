@@ -58,12 +58,7 @@ def main() -> None:
     photo = workdir / "photo.jpg"
     Image.effect_noise((2000, 1500), 60).convert("RGB").save(photo, "JPEG", quality=85)
     stack = DevStack(workdir)
-    stack.manage("migrate", "--no-input")
-    stack.manage(
-        "shell", "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('dev', 'dev@example.com', 'a-long-dev-password')",
-    )  # fmt: skip
+    stack.prepare()
     to_shown, outcome_to_shown = [], []
     try:
         stack.start()
@@ -75,8 +70,8 @@ def main() -> None:
             )
             page = browser.new_page()
             page.goto(f"{stack.base}/accounts/login/")
-            page.fill("#id_username", "dev")
-            page.fill("#id_password", "a-long-dev-password")
+            page.fill("#id_username", DevStack.USERNAME)
+            page.fill("#id_password", DevStack.PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(f"{stack.base}/")
             page.evaluate(WATCH_ROWS)

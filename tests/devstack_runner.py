@@ -65,6 +65,19 @@ class DevStack:
             capture_output=True,
         )  # fmt: skip
 
+    # The account that prepare() makes.
+    USERNAME = "dev"
+    PASSWORD = "a-long-dev-password"
+
+    def prepare(self) -> None:
+        """Migrate the stack's database and make a user, as a developer would."""
+        self.manage("migrate", "--no-input")
+        self.manage(
+            "shell", "-c",
+            "from django.contrib.auth.models import User; "
+            f"User.objects.create_user({self.USERNAME!r}, 'dev@example.com', {self.PASSWORD!r})",
+        )  # fmt: skip
+
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

@@ -31,8 +31,8 @@ def signed_in(stack: DevStack) -> requests.Session:
     session.post(
         f"{stack.base}/accounts/login/",
         data={
-            "username": "dev",
-            "password": "a-long-dev-password",
+            "username": DevStack.USERNAME,
+            "password": DevStack.PASSWORD,
             "csrfmiddlewaretoken": session.cookies["csrftoken"],
         },
         headers={"Referer": f"{stack.base}/accounts/login/"},
@@ -65,12 +65,7 @@ def fetch(stack: DevStack, session: requests.Session, upload_id: str) -> Any:
 @pytest.fixture
 def stack(tmp_path: Path) -> DevStack:
     stack = DevStack(tmp_path)
-    stack.manage("migrate", "--no-input")
-    stack.manage(
-        "shell", "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('dev', 'dev@example.com', 'a-long-dev-password')",
-    )  # fmt: skip
+    stack.prepare()
     return stack
 
 
