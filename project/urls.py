@@ -7,5 +7,6 @@ urlpatterns = [
     path("", include("uploads.urls")),
 ]
 
+handler400 = "uploads.views.api_bad_request"
 handler404 = "uploads.views.api_not_found"
 handler500 = "uploads.views.api_server_error"

@@ -13,6 +13,7 @@ import os
 from tests.devstack_runner import free_port
 
 AWS_PORT = free_port()
+VAR_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var")
 TEST_ENV = {
     "DEBUG": "true",
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{AWS_PORT}",
@@ -25,10 +26,8 @@ TEST_ENV = {
     "UPLOAD_CORS_ORIGINS": "*",
     "LOG_LEVEL": "INFO",
     # One test database per run, so that runs side by side do not collide.
-    "SQLITE_TEST_NAME": os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        "var",
-        f"test-{os.getpid()}.sqlite3",
-    ),
+    "SQLITE_TEST_NAME": os.path.join(VAR_DIR, f"test-{os.getpid()}.sqlite3"),
 }
 os.environ.update(TEST_ENV)
+# A fresh clone has no var/ yet, and SQLite does not make directories.
+os.makedirs(VAR_DIR, exist_ok=True)

@@ -370,6 +370,47 @@ def test_a_crafted_cursor_is_a_clear_error(alice: Client, cursor: str) -> None:
         assert error_code(response) == "invalid"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00+01:00|1",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00|1",  # after year 9999 in UTC
+        f"2026-01-01T00:00:00+00:00|{2**70}",  # an id no column can hold
+    ],
+)
+def test_a_cursor_out_of_range_is_a_clear_error(alice: Client, text: str) -> None:
+    cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    for url in ("/api/uploads/", "/api/notifications/"):
+        response = alice.get(f"{url}?cursor={cursor}")
+        assert response.status_code == 400, url
+        assert error_code(response) == "invalid"
+
+
+@pytest.mark.parametrize("ids", [[2**70], [0], [-1], ["1"], [1.0], [True]])
+def test_marking_read_refuses_ids_that_cannot_be_ids(alice: Client, ids: list[Any]) -> None:
+    response = alice.post(
+        "/api/notifications/read", json.dumps({"ids": ids}), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "invalid"
+
+
+def test_deeply_nested_json_is_a_clear_error(alice: Client) -> None:
+    for url in ("/api/uploads/", "/api/notifications/read"):
+        response = alice.post(url, b"[" * 100_000, content_type="application/json")
+        assert response.status_code == 400, url
+        assert error_code(response) == "invalid"
+
+
+def test_a_body_over_the_size_limit_is_a_json_error(alice: Client) -> None:
+    too_long = "a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    response = start(alice, filename=too_long, content_type="image/jpeg", size=1)
+
+    assert response.status_code == 400
+    assert error_code(response) == "invalid"
+    assert not Upload.objects.exists()
+
+
 def test_marking_read_refuses_too_many_ids(alice: Client) -> None:
     response = alice.post(
         "/api/notifications/read",

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.utils import timezone
 
 from tests.conftest import ROOT, TEST_ENV, wait_for
 from uploads import consumer, s3
@@ -99,6 +101,46 @@ def test_a_lost_enqueue_gives_the_claim_back(own_queues: str, user: Any) -> None
     upload.refresh_from_db()
     # Still pending, so the redelivered event will claim it again.
     assert upload.status == Status.PENDING
+
+
+def test_a_redelivered_event_requeues_a_claim_whose_task_was_never_queued(
+    own_queues: str, user: Any
+) -> None:
+    upload = pending_upload(user)
+    messages = receive_all(own_queues)
+    # The consumer committed its claim, then died before queueing the task;
+    # the event comes back one visibility timeout later.
+    long_ago = timezone.now() - timedelta(seconds=settings.S3_EVENTS_VISIBILITY_TIMEOUT + 1)
+    with mock.patch("uploads.tasks.process_upload.delay"):  # never reaches the broker
+        upload.accept_arrival()
+    Upload.objects.filter(pk=upload.pk).update(updated_at=long_ago)
+
+    with mock.patch("uploads.tasks.process_upload.delay") as enqueue:
+        result = consumer.handle_batch(own_queues, messages)
+
+    assert result.failed == 0
+    enqueue.assert_called_once_with(str(upload.pk))
+    assert Upload.objects.get(pk=upload.pk).status == Status.PROCESSING
+
+
+def test_a_duplicate_event_leaves_a_fresh_or_running_claim_alone(
+    own_queues: str, user: Any
+) -> None:
+    fresh = pending_upload(user)
+    running = pending_upload(user)
+    messages = receive_all(own_queues)
+    long_ago = timezone.now() - timedelta(seconds=settings.S3_EVENTS_VISIBILITY_TIMEOUT + 1)
+    with mock.patch("uploads.tasks.process_upload.delay"):
+        fresh.accept_arrival()
+        running.accept_arrival()
+    # A run has started on this one (and is slow).
+    Upload.objects.filter(pk=running.pk).update(unfinished_runs=1, updated_at=long_ago)
+
+    with mock.patch("uploads.tasks.process_upload.delay") as enqueue:
+        result = consumer.handle_batch(own_queues, messages)
+
+    assert (result.handled, result.failed) == (0, 0)
+    enqueue.assert_not_called()
 
 
 def test_a_late_object_for_an_expired_upload_is_deleted(own_queues: str, user: Any) -> None:

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
-from unittest import mock
 
 import pytest
 from celery.exceptions import Retry
 from django.db import IntegrityError, transaction
 from django.test import Client
+from django.utils import timezone
 
+from tests.devstack_runner import free_port
 from uploads.models import Notification, Status, Upload
 from uploads.tasks import send_notification_email
 
@@ -49,22 +51,76 @@ def test_the_email_is_sent_once(user: Any, mailoutbox: list[Any]) -> None:
 
     assert len(mailoutbox) == 1
     assert mailoutbox[0].to == ["alice@example.com"]
-    assert "beach.jpg" in mailoutbox[0].subject
+    assert "beach.jpg" in mailoutbox[0].body
+    notification.refresh_from_db()
+    assert notification.emailed_at is not None
 
 
-def test_a_failed_email_gives_its_claim_back_for_the_retry(user: Any) -> None:
+def test_the_subject_never_carries_the_uploaders_filename(user: Any, mailoutbox: list[Any]) -> None:
+    upload = processing_upload(user, "URGENT verify your bank account.jpg")
+    upload.finish(Status.REJECTED, "The file is not a JPEG image.")
+
+    send_notification_email(Notification.objects.get(upload=upload).pk)
+
+    assert mailoutbox[0].subject == "Your upload was not accepted"
+    assert "URGENT verify your bank account.jpg" in mailoutbox[0].body
+
+
+def test_every_sending_of_one_email_has_the_same_message_id(
+    user: Any, mailoutbox: list[Any]
+) -> None:
+    upload = processing_upload(user)
+    upload.finish(Status.READY)
+    notification = Notification.objects.get(upload=upload)
+
+    send_notification_email(notification.pk)
+    Notification.objects.filter(pk=notification.pk).update(emailed_at=None, email_claimed_at=None)
+    send_notification_email(notification.pk)
+
+    first, second = (message.extra_headers["Message-ID"] for message in mailoutbox)
+    assert first == second == f"<notification-{notification.pk}-{upload.pk}@127.0.0.1>"
+
+
+def test_an_email_claimed_by_a_worker_that_died_is_sent_by_the_next(
+    user: Any, mailoutbox: list[Any], settings: Any
+) -> None:
+    upload = processing_upload(user)
+    upload.finish(Status.READY)
+    notification = Notification.objects.get(upload=upload)
+    # A worker claimed it, then died before sending: its claim is older than
+    # any task may run.
+    long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 1)
+    Notification.objects.filter(pk=notification.pk).update(email_claimed_at=long_ago)
+
+    send_notification_email(notification.pk)
+
+    assert len(mailoutbox) == 1
+
+
+def test_an_email_another_worker_is_sending_is_left_to_it(user: Any, mailoutbox: list[Any]) -> None:
+    upload = processing_upload(user)
+    upload.finish(Status.READY)
+    notification = Notification.objects.get(upload=upload)
+    Notification.objects.filter(pk=notification.pk).update(email_claimed_at=timezone.now())
+
+    send_notification_email(notification.pk)
+
+    assert mailoutbox == []
+
+
+def test_a_failed_email_gives_its_claim_back_for_the_retry(user: Any, settings: Any) -> None:
     upload = processing_upload(user)
     upload.finish(Status.REJECTED, "The file is not a JPEG image.")
     notification = Notification.objects.get(upload=upload)
+    # A mail server that refuses connections: nothing listens on this port.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
 
-    with (
-        mock.patch("uploads.notifications.send_mail", side_effect=OSError("smtp down")),
-        pytest.raises((Retry, OSError)),  # called directly, retry re-raises
-    ):
+    with pytest.raises((Retry, OSError)):  # called directly, retry re-raises
         send_notification_email(notification.pk)
 
     notification.refresh_from_db()
-    assert notification.emailed_at is None
+    assert (notification.emailed_at, notification.email_claimed_at) == (None, None)
 
 
 def test_list_is_the_owners_newest_first_with_an_unread_count(

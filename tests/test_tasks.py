@@ -6,12 +6,18 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
 
 from tests import images
 from uploads import s3
 from uploads.models import Notification, Status, Upload
-from uploads.tasks import process_upload, regenerate_thumbnails
+from uploads.tasks import MAX_UNFINISHED_RUNS, process_upload, regenerate_thumbnails
 
 pytestmark = pytest.mark.django_db
 
@@ -66,6 +72,30 @@ def test_an_unexpected_error_fails_at_once_without_retrying(user: Any) -> None:
     upload.refresh_from_db()
     assert upload.status == Status.FAILED
     assert download.call_count == 1
+
+
+def test_an_upload_whose_runs_keep_dying_ends_failed_and_its_owner_is_told(user: Any) -> None:
+    upload = processing_jpeg(user)
+    # Three runs started and never returned (the worker was killed each time).
+    Upload.objects.filter(pk=upload.pk).update(unfinished_runs=MAX_UNFINISHED_RUNS)
+
+    process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.FAILED
+    assert "stopped every attempt" in upload.error
+    assert Notification.objects.get(upload=upload).kind == "failed"
+
+
+def test_a_run_that_returns_clears_the_count_of_runs_that_died(user: Any) -> None:
+    upload = processing_jpeg(user)
+    Upload.objects.filter(pk=upload.pk).update(unfinished_runs=MAX_UNFINISHED_RUNS - 1)
+
+    process_upload.apply(args=[str(upload.pk)])
+
+    upload.refresh_from_db()
+    assert upload.status == Status.READY
+    assert upload.unfinished_runs == 0
 
 
 def test_a_deleted_upload_is_skipped(user: Any) -> None:
@@ -129,3 +159,29 @@ def test_image_work_and_emails_go_to_separate_queues() -> None:
     assert router.route({}, "uploads.tasks.regenerate_thumbnails")["queue"].name == "images"
     route = router.route({}, "uploads.tasks.send_notification_email")
     assert route["queue"].name == "notifications"
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (EndpointConnectionError(endpoint_url="http://s3"), True),
+        (ReadTimeoutError(endpoint_url="http://s3"), True),
+        (ConnectionResetError(), True),
+        (ClientError({"Error": {"Code": "SlowDown"}}, "GetObject"), True),
+        (
+            ClientError(
+                {"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                "GetObject",
+            ),
+            True,
+        ),
+        (ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject"), False),
+        (NoCredentialsError(), False),
+        (ParamValidationError(report="bad key"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_network_trouble_throttling_and_5xx_are_retried(
+    error: Exception, transient: bool
+) -> None:
+    assert s3.is_transient(error) is transient

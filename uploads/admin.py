@@ -208,6 +208,7 @@ class UploadAdmin(admin.ModelAdmin):
                     "processed_at",
                     "processing_time",
                     "updated_at",
+                    "unfinished_runs",
                 )
             },
         ),
@@ -232,6 +233,7 @@ class UploadAdmin(admin.ModelAdmin):
         "processed_at",
         "processing_time",
         "updated_at",
+        "unfinished_runs",
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
@@ -427,6 +429,7 @@ class NotificationAdmin(admin.ModelAdmin):
         "message",
         "read",
         "created_at",
+        "email_claimed_at",
         "emailed_at",
     )
 

@@ -69,6 +69,12 @@ def handle_batch(queue: str, messages: list[dict[str, Any]]) -> BatchResult:
                 # It comes back after its visibility timeout all the same.
                 logger.exception("could not release message %s", message.get("MessageId"))
             continue
+        except Exception:
+            # A bug in parsing must not hold up the rest of the batch; the
+            # message ends in the dead-letter queue like any that keeps failing.
+            logger.exception("could not parse message %s", message.get("MessageId"))
+            result.failed += 1
+            continue
         try:
             for event in events:
                 if handle_event(event):

@@ -34,7 +34,8 @@ def parse_s3_event(body: str) -> list[ObjectCreated]:
     """
     try:
         message = json.loads(body)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
+        # RecursionError: nesting deeper than json can read.
         raise MalformedEvent(f"not JSON: {error}") from None
     if not isinstance(message, dict):
         raise MalformedEvent("not a JSON object")

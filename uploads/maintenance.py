@@ -318,7 +318,7 @@ def resend_notifications(notifications: QuerySet[Notification]) -> int:
 
     pks = list(notifications.values_list("pk", flat=True))
     for chunk in chunked(pks, PAGE):
-        Notification.objects.filter(pk__in=chunk).update(emailed_at=None)
+        Notification.objects.filter(pk__in=chunk).update(emailed_at=None, email_claimed_at=None)
     for pk in pks:
         send_notification_email.delay_on_commit(pk)
     return len(pks)

@@ -107,6 +107,9 @@ class Upload(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     uploaded_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Processing runs that started and never returned: a file that crashes
+    # or hangs the worker every time ends failed instead of looping.
+    unfinished_runs = models.PositiveSmallIntegerField(default=0, editable=False)
 
     objects = UploadQuerySet.as_manager()
 
@@ -150,6 +153,9 @@ class Upload(models.Model):
         call; the conditional updates make whichever comes second a no-op.
         Returns True if this call moved the upload on.
         """
+        if self.status == Status.PROCESSING:
+            self.requeue_if_lost()
+            return False
         if self.status != Status.PENDING:
             return False
         info = s3.head(self.key)
@@ -180,6 +186,27 @@ class Upload(models.Model):
         transaction.on_commit(lambda: self._enqueue_processing(undo))
         self.refresh_from_db()
         return True
+
+    def requeue_if_lost(self) -> bool:
+        """Queue processing again for a claim whose task was never queued.
+
+        A process that dies between committing its claim and queueing the
+        task leaves the upload processing with nothing to process it. Its
+        event comes back one visibility timeout later and lands here: if no
+        run has started or touched the upload since, the task is queued again
+        (it is idempotent, so a task that was merely slow to start costs
+        only a second look).
+        """
+        from uploads.tasks import process_upload
+
+        quiet_since = timezone.now() - timedelta(seconds=settings.S3_EVENTS_VISIBILITY_TIMEOUT)
+        touched = Upload.objects.filter(
+            pk=self.pk, status=Status.PROCESSING, unfinished_runs=0, updated_at__lt=quiet_since
+        ).update(updated_at=timezone.now())
+        if touched:
+            logger.warning("upload %s was claimed but never processed; queued again", self.pk)
+            process_upload.delay_on_commit(str(self.pk))
+        return bool(touched)
 
     def retry(self) -> bool:
         """Send a failed upload through processing again; True if this call did."""
@@ -306,6 +333,9 @@ class Notification(models.Model):
     read = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     emailed_at = models.DateTimeField(null=True, blank=True)
+    # When a task took on sending the email. A claim older than the longest a
+    # task may run belongs to a worker that died, and may be taken over.
+    email_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

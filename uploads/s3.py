@@ -15,7 +15,8 @@ from typing import IO, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ def is_transient(error: Exception) -> bool:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = error.response.get("Error", {}).get("Code", "")
         return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
-    return isinstance(error, ConnectionError | BotoCoreError)
+    # Network trouble only: a missing credential or a bad parameter (also
+    # BotoCoreErrors) fails the same way every time.
+    network = (ConnectionError, TimeoutError, BotoConnectionError, HTTPClientError)
+    return isinstance(error, (*network, IncompleteReadError))
 
 
 # --- Objects ---

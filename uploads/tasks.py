@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db.models import F, Q
 from django.utils import timezone
 
 from uploads import filetypes, notifications, s3, thumbnails
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 # since the bucket is private and every link to it signed.
 THUMBNAIL_CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_RETRIES = 5
+# Runs of one upload that may die (out of memory, a crash in a decoder, the
+# hard time limit) before it is failed instead of tried again.
+MAX_UNFINISHED_RUNS = 3
 
 
 class Rejected(Exception):
@@ -49,7 +54,23 @@ def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def
     if upload.status != Status.PROCESSING:
         logger.warning("upload %s is %s, not processing; skipped", upload_id, upload.status)
         return
-    logger.info("processing upload %s", upload_id)
+    if upload.unfinished_runs >= MAX_UNFINISHED_RUNS:
+        logger.error("upload %s: %s runs died; failing it", upload_id, upload.unfinished_runs)
+        upload.finish(Status.FAILED, "The file could not be processed: it stopped every attempt.")
+        return
+    Upload.objects.filter(pk=upload.pk).update(
+        unfinished_runs=F("unfinished_runs") + 1, updated_at=timezone.now()
+    )
+    try:
+        settle(self, upload)
+    finally:
+        # Only a run that dies outright skips this.
+        Upload.objects.filter(pk=upload.pk).update(unfinished_runs=0)
+
+
+def settle(task: Any, upload: Upload) -> None:
+    """Process a claimed upload and move it to its outcome (or retry)."""
+    logger.info("processing upload %s", upload.pk)
     try:
         fields = build(upload)
     except Rejected as error:
@@ -57,9 +78,9 @@ def process_upload(self, upload_id: str) -> None:  # type: ignore[no-untyped-def
             delete_objects_after_commit(upload.object_keys())
         return
     except Exception as error:
-        if s3.is_transient(error) and self.request.retries < MAX_RETRIES:
-            raise self.retry(countdown=2**self.request.retries, exc=error) from error
-        logger.exception("processing upload %s failed", upload_id)
+        if s3.is_transient(error) and task.request.retries < MAX_RETRIES:
+            raise task.retry(countdown=2**task.request.retries, exc=error) from error
+        logger.exception("processing upload %s failed", upload.pk)
         upload.finish(Status.FAILED, "The file could not be processed; please try again later.")
         return
     upload.finish(Status.READY, **fields)
@@ -147,14 +168,24 @@ def save_thumbnails(upload: Upload, made: list[thumbnails.Thumbnail]) -> None:
 
 @shared_task(bind=True, max_retries=MAX_RETRIES)
 def send_notification_email(self, notification_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Email one notification, once: the claim is a conditional update."""
-    claimed = Notification.objects.filter(pk=notification_id, emailed_at=None).update(
-        emailed_at=timezone.now()
+    """Email one notification, once.
+
+    A task claims the email with a conditional update before sending and
+    marks it sent after. A claim older than the hard time limit belongs to a
+    worker that died, so the task's redelivery takes it over: a crash costs
+    a late email, never a lost one. Only a crash between the mail server's
+    acceptance and the mark can send it twice, and then with the same
+    Message-ID, which mail clients fold into one.
+    """
+    now = timezone.now()
+    abandoned = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    claimed = (
+        Notification.objects.filter(pk=notification_id, emailed_at=None)
+        .filter(Q(email_claimed_at=None) | Q(email_claimed_at__lt=abandoned))
+        .update(email_claimed_at=now)
     )
     if not claimed:
         return
-    # Claimed before sending: a crash right here loses this email rather than
-    # ever sending it twice; the in-app notification is there either way.
     notification = Notification.objects.select_related("owner").filter(pk=notification_id).first()
     if notification is None:
         logger.info("notification %s is gone; no email", notification_id)
@@ -163,5 +194,6 @@ def send_notification_email(self, notification_id: int) -> None:  # type: ignore
         notifications.email(notification)
     except Exception as error:
         # Give the claim back so the retry (or a later run) can send it.
-        Notification.objects.filter(pk=notification_id).update(emailed_at=None)
+        Notification.objects.filter(pk=notification_id).update(email_claimed_at=None)
         raise self.retry(countdown=2**self.request.retries * 5, exc=error) from error
+    Notification.objects.filter(pk=notification_id).update(emailed_at=timezone.now())

@@ -5,7 +5,7 @@ import binascii
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, cast
 
@@ -35,6 +35,8 @@ View = Callable[..., HttpResponse]
 
 # Notification ids one "read" call may name.
 MAX_IDS = 1000
+# The largest value a (big) integer primary key can hold.
+MAX_PK = 2**63 - 1
 
 # The order in which one error code wins over another when several fields fail.
 FORM_ERROR_CODES = ("invalid_filename", "type_not_allowed", "too_large")
@@ -84,6 +86,15 @@ def api_not_found(request: HttpRequest, exception: Exception | None = None) -> H
     return page_not_found(request, exception or Exception())
 
 
+def api_bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 for the whole site (a body over the size limit, say): JSON under /api/."""
+    if request.path.startswith("/api/"):
+        return error("invalid", "The request could not be read; it may be too large.")
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception or Exception())
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     if request.path.startswith("/api/"):
         return error("csrf_failed", "The request lacks a valid CSRF token; reload the page.", 403)
@@ -100,7 +111,8 @@ def signed_in_user(request: HttpRequest) -> User:
 def read_json(request: HttpRequest) -> dict[str, Any] | None:
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays, which json cannot read.
         return None
     return body if isinstance(body, dict) else None
 
@@ -169,10 +181,14 @@ def keyset_page(
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
             created_text, pk_text = raw.split("|", 1)
             created_at = datetime.fromisoformat(created_text)
-            pk = queryset.model._meta.pk.to_python(pk_text)
             if created_at.tzinfo is None:
                 raise ValueError("naive datetime")
-        except (ValueError, ValidationError, binascii.Error, UnicodeDecodeError):
+            # Raises OverflowError for the first and last hours of years 1 and 9999.
+            created_at = created_at.astimezone(UTC)
+            pk = queryset.model._meta.pk.to_python(pk_text)
+            if isinstance(pk, int) and not 0 < pk <= MAX_PK:
+                raise ValueError("id out of range")
+        except (ValueError, OverflowError, ValidationError, binascii.Error, UnicodeDecodeError):
             return error("invalid", "The cursor is not valid.")
         queryset = queryset.filter(
             Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk)
@@ -368,7 +384,7 @@ def notifications_read(request: HttpRequest) -> HttpResponse:
         if (
             not isinstance(ids, list)
             or len(ids) > MAX_IDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or not all(type(i) is int and 0 < i <= MAX_PK for i in ids)
         ):
             return error("invalid", f"ids must be a list of at most {MAX_IDS} notification ids.")
         unread = unread.filter(pk__in=ids)
