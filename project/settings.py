@@ -3,7 +3,7 @@
 Defaults suit the embedded stack: SQLite under var/, and SQS as the Celery
 broker on the same endpoint as S3. `make dev` points AWS_ENDPOINT_URL at the
 moto server it starts; left unset, the same settings talk to AWS itself.
-Production sets DEBUG=false, SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL.
+Production sets SECRET_KEY, ALLOWED_HOSTS (which turns DEBUG off) and DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", True)
+# Naming the hosts to serve means a real deployment: DEBUG (and with it the
+# dev secret key) must then be asked for, so forgetting DEBUG=false cannot
+# publish tracebacks or a known key.
+_hosts = env_list("ALLOWED_HOSTS", [])
+DEBUG = env_bool("DEBUG", not _hosts)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -54,7 +58,7 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is false")
     SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production-0123456789"
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+ALLOWED_HOSTS = _hosts or (["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [

@@ -3,6 +3,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +15,7 @@ from django.conf import settings
 from django.test import Client
 from PIL import Image
 
-from tests.conftest import post_to_s3
+from tests.conftest import ROOT, post_to_s3
 from uploads import s3
 from uploads.models import Status, Upload
 
@@ -289,12 +292,6 @@ def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
 
 
 def test_check_deploy_is_clean_with_production_settings() -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     env = {
         **os.environ,
         "DEBUG": "false",
@@ -440,3 +437,22 @@ def test_anonymous_api_errors_name_their_code(client: Client) -> None:
     response = client.get("/api/uploads/")
     assert response.status_code == 401
     assert error_code(response) == "not_authenticated"
+
+
+def test_naming_allowed_hosts_turns_debug_off_and_requires_a_secret_key() -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")
+    }
+    env["ALLOWED_HOSTS"] = "uploads.example.com"
+    show_debug = "from django.conf import settings; print(settings.DEBUG)"
+    command = [sys.executable, "manage.py", "shell", "--no-imports", "-c", show_debug]
+
+    without_key = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert without_key.returncode != 0
+    assert "SECRET_KEY must be set" in without_key.stderr
+
+    env["SECRET_KEY"] = "a-long-random-production-secret-key-0123456789"
+    with_key = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert with_key.stdout.strip() == "False", with_key.stderr
