@@ -213,6 +213,30 @@ def test_delete_action_asks_first_then_deletes_rows_and_objects(
     assert exists(other.key)
 
 
+def test_a_large_delete_still_needs_permission_for_what_it_cascades_to(
+    client: Client, django_user_model: Any, user: Any, monkeypatch: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    monkeypatch.setattr("uploads.admin.SUMMARIZE_DELETES_OVER", 1)
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_upload", "delete_upload"])
+    )
+    client.force_login(staff)
+    uploads = [make_upload(user, Status.READY, jpeg_bytes()) for _ in range(2)]
+    for upload in uploads:
+        Notification.record(upload, Status.READY)
+
+    confirmation = act(client, "delete_selected", *uploads)
+    refused = act(client, "delete_selected", *uploads, post="yes")
+
+    assert confirmation.status_code == 200
+    assert "notification" in str(confirmation.context["perms_lacking"])
+    assert refused.status_code == 403
+    assert Upload.objects.filter(pk__in=[u.pk for u in uploads]).count() == 2
+
+
 # Objects go after the commit, so the transaction must really commit.
 @pytest.mark.django_db(transaction=True)
 def test_delete_page_deletes_the_objects_too(admin_client: Client, user: Any) -> None:

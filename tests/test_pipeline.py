@@ -376,4 +376,7 @@ def test_bytes_posted_again_after_verification_are_refused(
     wait_for(lambda: Upload.objects.get(pk=start["id"]).status == Status.REJECTED, timeout=30)
     upload.refresh_from_db()
     assert "replaced" in upload.error
+    # Nothing of it is kept: no thumbnail rows, no objects.
+    assert not upload.thumbnails.exists()
     wait_for(lambda: s3.head(upload.key) is None, timeout=10)
+    wait_for(lambda: not list(s3.iter_objects(f"thumbs/{upload.pk}/")), timeout=10)

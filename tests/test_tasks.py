@@ -98,6 +98,22 @@ def test_a_run_that_returns_clears_the_count_of_runs_that_died(user: Any) -> Non
     assert upload.unfinished_runs == 0
 
 
+@pytest.mark.django_db(transaction=True)  # foreign keys are checked as in production
+def test_an_upload_deleted_while_it_is_processed_leaves_no_thumbnails(user: Any) -> None:
+    upload = processing_jpeg(user)
+    real_download = s3.download_to
+
+    def deleted_meanwhile(key: str, fileobj: Any, etag: str = "") -> None:
+        real_download(key, fileobj, etag)
+        Upload.objects.filter(pk=upload.pk).delete()  # the owner deletes it now
+
+    with mock.patch("uploads.s3.download_to", side_effect=deleted_meanwhile):
+        process_upload.apply(args=[str(upload.pk)]).get()
+
+    assert list(s3.iter_objects(f"thumbs/{upload.pk}/")) == []
+    assert not Notification.objects.filter(upload_id=upload.pk).exists()
+
+
 def test_a_deleted_upload_is_skipped(user: Any) -> None:
     upload = processing_jpeg(user)
     upload.delete()

@@ -354,7 +354,14 @@ class UploadAdmin(admin.ModelAdmin):
         if count <= SUMMARIZE_DELETES_OVER:
             return super().get_deleted_objects(objs, request)
         summary = [f"{count:,} uploads, with their thumbnails, notifications and S3 files"]
-        return summary, {"uploads": count}, set(), []
+        # As Django does for the rows it lists: the cascade needs delete
+        # permission on every registered model it reaches.
+        perms_needed = {
+            str(model._meta.verbose_name)
+            for model in (Upload, Notification)
+            if not self.admin_site.get_model_admin(model).has_delete_permission(request)
+        }
+        return summary, {"uploads": count}, perms_needed, []
 
     def _report_failed_deletes(self, request: HttpRequest, failed: list[str]) -> None:
         if failed:

@@ -167,10 +167,7 @@ class Upload(models.Model):
                 if info.size != self.size
                 else f"The file is larger than the {settings.UPLOAD_MAX_BYTES:,}-byte limit."
             )
-            moved = self.finish(Status.REJECTED, reason, expected=Status.PENDING)
-            if moved:
-                delete_objects_after_commit([self.key])
-            return moved
+            return self.reject(reason, expected=Status.PENDING)
         claimed = Upload.objects.filter(pk=self.pk, status=Status.PENDING).update(
             status=Status.PROCESSING,
             verified_size=info.size,
@@ -237,11 +234,16 @@ class Upload(models.Model):
         info = s3.head(self.key)
         if info is None or info.etag == self.etag:
             return False
-        moved = self.finish(
-            Status.REJECTED, "The file was replaced after it was checked.", expected=self.status
-        )
-        if moved:
-            delete_objects_after_commit(self.object_keys())
+        return self.reject("The file was replaced after it was checked.", expected=self.status)
+
+    def reject(self, reason: str, expected: str = Status.PROCESSING) -> bool:
+        """Settle as rejected and keep nothing of the file: no thumbnail, no object."""
+        with transaction.atomic():
+            moved = self.finish(Status.REJECTED, reason, expected=expected)
+            if moved:
+                keys = self.object_keys()
+                self.thumbnails.all().delete()
+                delete_objects_after_commit(keys)
         return moved
 
     def finish(

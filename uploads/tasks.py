@@ -74,16 +74,32 @@ def settle(task: Any, upload: Upload) -> None:
     try:
         fields = build(upload)
     except Rejected as error:
-        if upload.finish(Status.REJECTED, str(error)):
-            delete_objects_after_commit(upload.object_keys())
+        upload.reject(str(error))
         return
     except Exception as error:
+        if was_deleted(upload):
+            return
         if s3.is_transient(error) and task.request.retries < MAX_RETRIES:
             raise task.retry(countdown=2**task.request.retries, exc=error) from error
         logger.exception("processing upload %s failed", upload.pk)
         upload.finish(Status.FAILED, "The file could not be processed; please try again later.")
         return
-    upload.finish(Status.READY, **fields)
+    if not upload.finish(Status.READY, **fields):
+        was_deleted(upload)
+
+
+def was_deleted(upload: Upload) -> bool:
+    """True if the upload was deleted while it was being processed.
+
+    Its thumbnails, written after the delete, then go too, rather than
+    waiting for the orphan sweep.
+    """
+    if Upload.objects.filter(pk=upload.pk).exists():
+        return False
+    logger.info("upload %s was deleted while it was processed; removing its thumbnails", upload.pk)
+    prefix = Thumbnail.key_for(upload.pk, "")[: -len(".webp")]
+    s3.delete_many([obj["Key"] for obj in s3.iter_objects(prefix)])
+    return True
 
 
 @shared_task(bind=True, max_retries=MAX_RETRIES)
