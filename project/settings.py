@@ -268,7 +268,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "is_secure": bool(_endpoint is None or _endpoint.scheme == "https"),
 }
 CELERY_TASK_DEFAULT_QUEUE = "images"
-CELERY_TASK_ROUTES = {"uploads.tasks.send_notification_email": {"queue": "notifications"}}
+CELERY_TASK_ROUTES = {
+    "uploads.tasks.send_notification_email": {"queue": "notifications"},
+    "uploads.tasks.send_confirmation_email": {"queue": "notifications"},
+}
 # Tasks are idempotent, so a task lost with its worker is run again.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -296,6 +299,8 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+# How long the link that confirms a signed-up address stays valid (3 days).
+CONFIRM_EMAIL_MAX_AGE = env_int("CONFIRM_EMAIL_MAX_AGE", 3 * 24 * 3600)
 # A mail server that stops answering must not hold a worker until its time limit.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "uploads@localhost")

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_upload
 from uploads.admin import CappedCountPaginator
-from uploads.models import Notification, Status, Upload
+from uploads.models import Notification, Status, UnconfirmedEmail, Upload
 
 pytestmark = pytest.mark.django_db
 
@@ -354,3 +354,21 @@ def test_actions_refuse_selections_too_large_for_one_request(
 
     assert "too many for one request" in messages_of(response)[0]
     assert Upload.objects.filter(pk__in=[first.pk, second.pk]).count() == 2
+
+
+# --- unconfirmed addresses ---
+
+
+def test_staff_see_unconfirmed_addresses_and_trust_one_by_deleting_its_row(
+    admin_client: Client, user: Any
+) -> None:
+    unconfirmed = UnconfirmedEmail.objects.create(user=user)
+    url = "/admin/uploads/unconfirmedemail/"
+
+    listing = admin_client.get(url)
+    assert listing.status_code == 200
+    assert user.email in listing.content.decode()
+    assert admin_client.get(f"{url}add/").status_code == 403
+
+    act(admin_client, "delete_selected", unconfirmed, url=url, post="yes")
+    assert not UnconfirmedEmail.is_unconfirmed(user)

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from celery.exceptions import Retry
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.test import Client
 from django.utils import timezone
 
 from tests.devstack_runner import free_port
-from uploads.models import Notification, Status, Upload
+from uploads.models import Notification, Status, UnconfirmedEmail, Upload
 from uploads.tasks import send_notification_email
 
 pytestmark = pytest.mark.django_db
@@ -167,3 +169,117 @@ def test_marking_read_refuses_bad_ids(alice: Client) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid"
+
+
+# --- confirming a signed-up address ---
+
+
+def sign_up(client: Client, username: str = "carol") -> Any:
+    return client.post(
+        "/accounts/signup/",
+        {
+            "username": username,
+            "email": f"{username}@example.com",
+            "password1": "a-long-passphrase-42",
+            "password2": "a-long-passphrase-42",
+        },
+    )
+
+
+def link_in(message: Any) -> str:
+    match = re.search(r"https?://[^/\s]+(/accounts/confirm-email/\S+/)", message.body)
+    assert match, message.body
+    return match.group(1)
+
+
+def test_sign_up_sends_a_confirmation_link_and_no_upload_email_until_it_is_followed(
+    client: Client,
+    mailoutbox: list[Any],
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sign_up(client).status_code == 302
+    carol = User.objects.get(username="carol")
+    assert [m.subject for m in mailoutbox] == ["Confirm your email address"]
+    assert mailoutbox[0].to == ["carol@example.com"]
+    assert "We sent a link to" in client.get("/").content.decode()
+
+    upload = processing_upload(carol)
+    upload.finish(Status.READY)
+    send_notification_email(Notification.objects.get(upload=upload).pk)
+
+    # In the app, not by email: the address is anyone's until confirmed.
+    assert len(mailoutbox) == 1
+    assert Notification.objects.get(upload=upload).emailed_at is not None
+
+
+def test_following_the_link_asks_first_then_confirms(
+    client: Client,
+    mailoutbox: list[Any],
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        sign_up(client)
+    link = link_in(mailoutbox[0])
+    anonymous = Client()  # the link may be opened anywhere, signed in or not
+
+    shown = anonymous.get(link)
+    assert shown.status_code == 200
+    assert "Confirm carol@example.com" in shown.content.decode()
+    assert UnconfirmedEmail.objects.filter(user__username="carol").exists()
+
+    confirmed = anonymous.post(link)
+    assert "is confirmed" in confirmed.content.decode()
+    assert not UnconfirmedEmail.objects.exists()
+    assert "We sent a link to" not in client.get("/").content.decode()
+
+    upload = processing_upload(User.objects.get(username="carol"))
+    upload.finish(Status.READY)
+    send_notification_email(Notification.objects.get(upload=upload).pk)
+    assert [m.subject for m in mailoutbox][-1] == "Your upload is ready"
+
+
+@pytest.mark.parametrize("case", ["tampered", "address changed", "expired"])
+def test_a_link_that_is_not_valid_confirms_nothing(
+    client: Client,
+    mailoutbox: list[Any],
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
+    settings: Any,
+    case: str,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        sign_up(client)
+    link = link_in(mailoutbox[0])
+    if case == "tampered":
+        link = link.replace("/confirm-email/", "/confirm-email/x")
+    elif case == "address changed":
+        User.objects.filter(username="carol").update(email="someone-else@example.com")
+    else:
+        settings.CONFIRM_EMAIL_MAX_AGE = -1
+
+    for response in (client.get(link), client.post(link)):
+        assert response.status_code == 400
+        assert "not valid" in response.content.decode()
+    assert UnconfirmedEmail.objects.filter(user__username="carol").exists()
+
+
+def test_the_link_can_be_sent_again_but_not_in_a_burst(
+    client: Client,
+    mailoutbox: list[Any],
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        sign_up(client)
+
+    client.post("/accounts/confirm-email/resend")  # at once: refused
+    assert len(mailoutbox) == 1
+    UnconfirmedEmail.objects.update(sent_at=timezone.now() - timedelta(minutes=3))
+    followed = client.post("/accounts/confirm-email/resend", follow=True)
+
+    assert len(mailoutbox) == 2
+    assert "We sent a new link to carol@example.com" in followed.content.decode()
+    assert Client().post("/accounts/confirm-email/resend").status_code == 302  # to sign in

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from uploads import filetypes, maintenance, s3
-from uploads.models import Notification, Status, Thumbnail, Upload
+from uploads.models import Notification, Status, Thumbnail, UnconfirmedEmail, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -461,3 +461,27 @@ class NotificationAdmin(admin.ModelAdmin):
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
         count = maintenance.resend_notifications(queryset)
         self.message_user(request, f"Queued {count} notification emails.", messages.SUCCESS)
+
+
+@admin.register(UnconfirmedEmail)
+class UnconfirmedEmailAdmin(admin.ModelAdmin):
+    """Signed-up addresses not yet confirmed; deleting a row trusts the address."""
+
+    list_display = ("user", "address", "sent_at")
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user",)
+    show_full_result_count = False
+    ordering = ("-sent_at",)
+    fields = readonly_fields = ("user", "address", "sent_at")
+
+    @admin.display(description="email address", ordering="user__email")
+    def address(self, obj: UnconfirmedEmail) -> str:
+        return obj.user.email
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: UnconfirmedEmail | None = None
+    ) -> bool:
+        return obj is None and super().has_change_permission(request)

@@ -368,3 +368,30 @@ class Notification(models.Model):
         if created or notification.emailed_at is None:
             send_notification_email.delay_on_commit(notification.pk)
         return notification
+
+
+class UnconfirmedEmail(models.Model):
+    """A signed-up user's address, until they follow the link sent to it.
+
+    Anyone can type anyone's address into the sign-up form, so no
+    notification is emailed there before it is confirmed. Users made by
+    staff (the admin, createsuperuser) have no row: their address is trusted.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="unconfirmed_email"
+    )
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user} (unconfirmed)"
+
+    @classmethod
+    def is_unconfirmed(cls, user: Any) -> bool:
+        return cls.objects.filter(user=user).exists()
+
+    @classmethod
+    def claim_resend(cls, user: Any, every: timedelta) -> bool:
+        """True if the confirmation may be sent again now (at most once per `every`)."""
+        now = timezone.now()
+        return bool(cls.objects.filter(user=user, sent_at__lt=now - every).update(sent_at=now))

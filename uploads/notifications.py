@@ -6,10 +6,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core import signing
 from django.core.mail import EmailMessage
 from django.urls import reverse
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
     from uploads.models import Notification, Upload
 
 
@@ -41,8 +44,10 @@ def message_id(notification: Notification) -> str:
 
 
 def email(notification: Notification) -> None:
+    from uploads.models import UnconfirmedEmail
+
     user = notification.owner
-    if not user.email:
+    if not user.email or UnconfirmedEmail.is_unconfirmed(user):
         return
     EmailMessage(
         subject=SUBJECTS.get(notification.kind, "About your upload"),
@@ -52,4 +57,45 @@ def email(notification: Notification) -> None:
         ),
         to=[user.email],
         headers={"Message-ID": message_id(notification)},
+    ).send()
+
+
+# --- confirming a signed-up address ---
+
+CONFIRM_SALT = "uploads.confirm-email"
+
+
+def confirmation_token(user: User) -> str:
+    """Signed user id and address: a changed address makes old links useless."""
+    return signing.dumps([user.pk, user.email], salt=CONFIRM_SALT)
+
+
+def user_for_token(token: str) -> User | None:
+    """The user a valid, unexpired token names, while their address is still the same."""
+    from django.contrib.auth import get_user_model
+
+    try:
+        user_id, address = signing.loads(
+            token, salt=CONFIRM_SALT, max_age=settings.CONFIRM_EMAIL_MAX_AGE
+        )
+    except (signing.BadSignature, ValueError, TypeError):
+        return None
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not address or user.email != address:
+        return None
+    return user
+
+
+def send_confirmation(user: User) -> None:
+    link = settings.SITE_URL + reverse("confirm_email", args=[confirmation_token(user)])
+    hours = settings.CONFIRM_EMAIL_MAX_AGE // 3600
+    EmailMessage(
+        subject="Confirm your email address",
+        body=(
+            f"Hello {user.get_username()},\n\n"
+            "Someone, probably you, signed up for Uploads with this address. To get\n"
+            f"emails about your uploads here, confirm it within {hours} hours:\n\n{link}\n\n"
+            "If it was not you, ignore this email: nothing more will be sent.\n"
+        ),
+        to=[user.email],
     ).send()

@@ -19,6 +19,7 @@ from uploads.models import (
     Notification,
     Status,
     Thumbnail,
+    UnconfirmedEmail,
     Upload,
     delete_objects_after_commit,
 )
@@ -213,3 +214,15 @@ def send_notification_email(self, notification_id: int) -> None:  # type: ignore
         Notification.objects.filter(pk=notification_id).update(email_claimed_at=None)
         raise self.retry(countdown=2**self.request.retries * 5, exc=error) from error
     Notification.objects.filter(pk=notification_id).update(emailed_at=timezone.now())
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES)
+def send_confirmation_email(self, user_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Email the link that confirms a signed-up address, if it still needs confirming."""
+    unconfirmed = UnconfirmedEmail.objects.select_related("user").filter(user_id=user_id).first()
+    if unconfirmed is None:
+        return
+    try:
+        notifications.send_confirmation(unconfirmed.user)
+    except Exception as error:
+        raise self.retry(countdown=2**self.request.retries * 5, exc=error) from error

@@ -11,11 +11,12 @@ from typing import Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -25,14 +26,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 from kombu.exceptions import KombuError
 
-from uploads import filetypes, s3
+from uploads import filetypes, notifications, s3
 from uploads.forms import SignUpForm, StartUploadForm
-from uploads.models import Notification, Status, Upload
+from uploads.models import Notification, Status, UnconfirmedEmail, Upload
+from uploads.tasks import send_confirmation_email
 
 logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 
+# How often a user may ask for the confirmation link again.
+RESEND_CONFIRMATION_EVERY = timedelta(minutes=2)
 # Notification ids one "read" call may name.
 MAX_IDS = 1000
 # The largest value a (big) integer primary key can hold.
@@ -215,7 +219,9 @@ def upload_page(request: HttpRequest) -> HttpResponse:
         "notificationsUrl": reverse("api_notifications"),
         "notificationsReadUrl": reverse("api_notifications_read"),
     }
-    return render(request, "uploads/index.html", {"config": config})
+    user = signed_in_user(request)
+    context = {"config": config, "unconfirmed": UnconfirmedEmail.is_unconfirmed(user)}
+    return render(request, "uploads/index.html", context)
 
 
 @require_http_methods(["GET", "POST"])
@@ -224,10 +230,45 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("upload_page")
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
+        with transaction.atomic():
+            user = form.save()
+            UnconfirmedEmail.objects.create(user=user)
+            send_confirmation_email.delay_on_commit(user.pk)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("upload_page")
     return render(request, "registration/signup.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def confirm_email(request: HttpRequest, token: str) -> HttpResponse:
+    """Confirm a signed-up address from the emailed link.
+
+    GET only shows a button: mail scanners that follow links must not
+    confirm an address on someone's behalf.
+    """
+    user = notifications.user_for_token(token)
+    if user is None:
+        return render(request, "registration/confirm_email.html", {"invalid": True}, status=400)
+    confirmed = not UnconfirmedEmail.is_unconfirmed(user)
+    if request.method == "POST" and not confirmed:
+        UnconfirmedEmail.objects.filter(user=user).delete()
+        logger.info("user %s confirmed their email address", user.pk)
+        confirmed = True
+    return render(
+        request, "registration/confirm_email.html", {"address": user.email, "confirmed": confirmed}
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+def resend_confirmation(request: HttpRequest) -> HttpResponse:
+    user = signed_in_user(request)
+    if UnconfirmedEmail.claim_resend(user, every=RESEND_CONFIRMATION_EVERY):
+        send_confirmation_email.delay(user.pk)
+        messages.success(request, f"We sent a new link to {user.email}.")
+    elif UnconfirmedEmail.is_unconfirmed(user):
+        messages.info(request, "We sent a link a moment ago; look in your inbox (and spam folder).")
+    return redirect("upload_page")
 
 
 # --- Uploads API ---
@@ -258,8 +299,7 @@ def form_error(form: StartUploadForm) -> JsonResponse:
             code = str(problem.code)
             if field == "filename" and code != "required":
                 code = "invalid_filename"  # null bytes and the like
-            messages = problem.messages
-            found.setdefault(code if code in FORM_ERROR_CODES else "invalid", messages[0])
+            found.setdefault(code if code in FORM_ERROR_CODES else "invalid", problem.messages[0])
     if "invalid" in found:
         fields = ", ".join(sorted(form.errors))
         return error(
