@@ -6,10 +6,12 @@ so it does not disturb (or depend on) anything else the tests run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
 from PIL import Image
@@ -73,7 +75,9 @@ def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(stack: DevStack
     try:
         stack.start()
         session = signed_in(stack)
-        data = jpeg()
+        # Past boto3's 8 MB multipart threshold: restored as one object with
+        # the same ETag, since the worker reads originals with If-Match on it.
+        data = jpeg() + bytes(9 * 1024 * 1024)
         upload_id = upload_and_wait(stack, session, data)
         assert stack.stop() == set(), "processes left behind"
 
@@ -81,6 +85,15 @@ def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(stack: DevStack
         upload = fetch(stack, session, upload_id)
         assert upload["status"] == "ready"
         assert requests.get(upload["url"], timeout=10).content == data
+        storage = boto3.client(
+            "s3", endpoint_url=stack.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+            aws_access_key_id="test", aws_secret_access_key="test",
+        )  # fmt: skip
+        [key] = [obj["Key"] for obj in storage.list_objects_v2(
+            Bucket=stack.env["AWS_STORAGE_BUCKET_NAME"], Prefix="uploads/"
+        )["Contents"]]  # fmt: skip
+        etag = storage.head_object(Bucket=stack.env["AWS_STORAGE_BUCKET_NAME"], Key=key)["ETag"]
+        assert etag.strip('"') == hashlib.md5(data).hexdigest()
         for thumbnail in upload["thumbnails"]:
             assert requests.get(thumbnail["url"], timeout=10).status_code == 200
         assert len(upload["thumbnails"]) == 2

@@ -223,12 +223,11 @@ class Command(BaseCommand):
             extra = {"ContentType": entry["ContentType"]}
             if entry["CacheControl"]:
                 extra["CacheControl"] = entry["CacheControl"]
-            client.upload_file(
-                str(self.snapshot_dir / "objects" / entry["file"]),
-                s3.bucket(),
-                key,
-                ExtraArgs=extra,
-            )
+            # One PUT, never a multipart upload: that would give the object a
+            # new ETag ("...-2"), and the worker reads originals with If-Match
+            # on the ETag verified at arrival.
+            with open(self.snapshot_dir / "objects" / entry["file"], "rb") as body:
+                client.put_object(Bucket=s3.bucket(), Key=key, Body=body, **extra)
         return len(index)
 
     def reconcile(self) -> None:
