@@ -32,12 +32,17 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def _read(call: Callable[[], Any], missing: tuple[str, ...]) -> Any:
-    """The result of a read call, or None when the thing is not configured."""
+def _read(call: Callable[[], Any], missing: tuple[str, ...] = ()) -> Any:
+    """The result of a read call, or None when the thing is not configured.
+
+    A missing bucket counts as missing configuration, so that `--check` on a new
+    account reports every piece; any other error (access denied, no credentials)
+    is raised.
+    """
     try:
         return call()
     except ClientError as error:
-        if _error_code(error) in missing:
+        if _error_code(error) in (*missing, "NoSuchBucket"):
             return None
         raise
 
@@ -94,19 +99,30 @@ def block_public_access() -> None:
     )
 
 
+DEFAULT_ENCRYPTION = {"SSEAlgorithm": "AES256"}
+
+
 def encrypted() -> bool:
+    """True when objects are encrypted by default with S3-managed keys (SSE-S3).
+
+    SSE-KMS counts as drift: every presigned upload and every worker read would
+    then need permissions on a key this product neither creates nor knows.
+    """
     current = _read(
         lambda: _s3().get_bucket_encryption(Bucket=s3.bucket()),
         ("ServerSideEncryptionConfigurationNotFoundError",),
     )
-    return bool(current and current["ServerSideEncryptionConfiguration"]["Rules"])
+    rules = (current or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+    return any(
+        rule.get("ApplyServerSideEncryptionByDefault") == DEFAULT_ENCRYPTION for rule in rules
+    )
 
 
 def encrypt() -> None:
     _s3().put_bucket_encryption(
         Bucket=s3.bucket(),
         ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            "Rules": [{"ApplyServerSideEncryptionByDefault": DEFAULT_ENCRYPTION}]
         },
     )
 
@@ -141,15 +157,30 @@ def put_cors() -> None:
 
 
 LIFECYCLE_RULE_ID = "abort-incomplete-multipart-uploads"
+ABORT_MULTIPART_AFTER_DAYS = 1
+
+
+def _matches_every_object(rule: dict[str, Any]) -> bool:
+    # S3 spells "the whole bucket" as no filter, an empty one, an empty prefix,
+    # or (in old rules) an empty top-level Prefix.
+    return rule.get("Filter", {}) in ({}, {"Prefix": ""}) and rule.get("Prefix", "") == ""
 
 
 def lifecycle_current() -> bool:
+    """True when our rule aborts every incomplete multipart upload after a day.
+
+    Other rules are the operator's and are not checked.
+    """
     current = _read(
         lambda: _s3().get_bucket_lifecycle_configuration(Bucket=s3.bucket()),
         ("NoSuchLifecycleConfiguration",),
     )
     return bool(current) and any(
-        rule.get("ID") == LIFECYCLE_RULE_ID and rule.get("Status") == "Enabled"
+        rule.get("ID") == LIFECYCLE_RULE_ID
+        and rule.get("Status") == "Enabled"
+        and rule.get("AbortIncompleteMultipartUpload")
+        == {"DaysAfterInitiation": ABORT_MULTIPART_AFTER_DAYS}
+        and _matches_every_object(rule)
         for rule in current["Rules"]
     )
 
@@ -170,7 +201,9 @@ def put_lifecycle() -> None:
                     "ID": LIFECYCLE_RULE_ID,
                     "Status": "Enabled",
                     "Filter": {"Prefix": ""},
-                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                    "AbortIncompleteMultipartUpload": {
+                        "DaysAfterInitiation": ABORT_MULTIPART_AFTER_DAYS
+                    },
                 },
             ]
         },
@@ -262,29 +295,45 @@ def _events_queue_arn() -> str:
     return attributes.get("QueueArn", "")
 
 
-def notifications_current() -> bool:
-    current = _s3().get_bucket_notification_configuration(Bucket=s3.bucket())
-    arn = _events_queue_arn()
-    for config in current.get("QueueConfigurations", []):
-        rules = config.get("Filter", {}).get("Key", {}).get("FilterRules", [])
-        prefixes = [r["Value"] for r in rules if r["Name"].lower() == "prefix"]
-        if (
-            config["QueueArn"] == arn
-            and "s3:ObjectCreated:*" in config["Events"]
-            and prefixes == [KEY_PREFIX]
-        ):
-            return True
-    return False
-
-
 NOTIFICATION_ID = "uploads-object-created"
+NOTIFICATION_EVENTS = ["s3:ObjectCreated:*"]
+
+
+def _key_filter(config: dict[str, Any]) -> list[tuple[str, str]]:
+    rules = config.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return sorted((rule["Name"].lower(), rule["Value"]) for rule in rules)
+
+
+def notifications_current() -> bool:
+    """True when our events queue gets exactly one notification, and it is ours.
+
+    Only configurations that send to our events queue are checked: one more
+    (no prefix: thumbnails would come back as events; other event types: the
+    consumer would get events it does not expect) or a different prefix or
+    event list is drift. Configurations for other queues, topics or functions
+    are the operator's: they cannot make our consumer misbehave, whatever
+    prefix they watch, so they are kept and not checked.
+    """
+    current = _read(lambda: _s3().get_bucket_notification_configuration(Bucket=s3.bucket()))
+    arn = _events_queue_arn()
+    ours = [c for c in (current or {}).get("QueueConfigurations", []) if c["QueueArn"] == arn]
+    return (
+        len(ours) == 1
+        and sorted(ours[0]["Events"]) == NOTIFICATION_EVENTS
+        and _key_filter(ours[0]) == [("prefix", KEY_PREFIX)]
+    )
 
 
 def put_notifications() -> None:
-    """Add (or replace) our queue notification, keeping the bucket's others."""
+    """Make ours the only notification to our queue, keeping the bucket's others."""
     current = _s3().get_bucket_notification_configuration(Bucket=s3.bucket())
     current.pop("ResponseMetadata", None)
-    others = [c for c in current.pop("QueueConfigurations", []) if c.get("Id") != NOTIFICATION_ID]
+    arn = _events_queue_arn()
+    others = [
+        c
+        for c in current.pop("QueueConfigurations", [])
+        if c.get("Id") != NOTIFICATION_ID and c["QueueArn"] != arn
+    ]
     _s3().put_bucket_notification_configuration(
         Bucket=s3.bucket(),
         NotificationConfiguration={
@@ -293,8 +342,8 @@ def put_notifications() -> None:
                 *others,
                 {
                     "Id": NOTIFICATION_ID,
-                    "QueueArn": _events_queue_arn(),
-                    "Events": ["s3:ObjectCreated:*"],
+                    "QueueArn": arn,
+                    "Events": NOTIFICATION_EVENTS,
                     # Only originals: thumbnails written under thumbs/ must not
                     # come back as events.
                     "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": KEY_PREFIX}]}},

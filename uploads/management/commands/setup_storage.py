@@ -26,9 +26,8 @@ class Command(BaseCommand):
             try:
                 current = piece.is_current()
             except (ClientError, BotoCoreError) as error:
-                if not check:
-                    raise CommandError(f"{piece.name}: {error}") from error
-                current = False
+                # Not drift: what is there could not be read at all.
+                raise CommandError(f"could not read {piece.name}: {error}") from error
             if current:
                 self.stdout.write(f"  ok       {piece.name}")
                 continue
