@@ -309,6 +309,8 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "uploads@localhost")
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Load balancers probe over plain HTTP and want the answer, not a redirect.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     # Only behind a proxy that sets X-Forwarded-Proto itself (and strips the
     # client's): otherwise anyone could claim HTTPS.
     if env_bool("BEHIND_HTTPS_PROXY", False):

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,9 @@ from django.conf import settings
 from django.test import Client
 from PIL import Image
 
-from tests.conftest import ROOT, post_to_s3, wait_for
+from tests.conftest import ROOT, make_upload, post_to_s3, wait_for
 from uploads import s3
-from uploads.models import Status, Upload
+from uploads.models import Notification, Status, Upload
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +44,31 @@ def error_code(response: Any) -> str:
     return str(response.json()["error"]["code"])
 
 
-def test_start_returns_a_sigv4_form_bound_to_key_type_and_size(alice: Client) -> None:
+def unordered(conditions: list[Any]) -> list[str]:
+    """Policy conditions in a comparable form, whatever their order."""
+    return sorted(json.dumps(condition, sort_keys=True) for condition in conditions)
+
+
+def csrf_client(user: Any) -> tuple[Client, str]:
+    """A signed-in client that enforces CSRF, and the token the page gives it."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/")  # sets the csrftoken cookie, as the page does
+    return client, client.cookies["csrftoken"].value
+
+
+def notify(user: Any) -> Notification:
+    upload = make_upload(user, Status.READY)
+    return Notification.objects.create(
+        owner=user, upload=upload, kind=Status.READY, message="ready.jpg is ready."
+    )
+
+
+def test_start_returns_a_sigv4_form_bound_to_key_type_and_size(
+    alice: Client, settings: Any
+) -> None:
+    # Not the default, so that a hard-coded lifetime would show.
+    settings.UPLOAD_URL_EXPIRES = 420
     response = start(alice, filename="holiday.jpg", content_type="image/jpeg", size=12345)
 
     assert response.status_code == 201
@@ -51,22 +77,45 @@ def test_start_returns_a_sigv4_form_bound_to_key_type_and_size(alice: Client) ->
     assert upload.status == Status.PENDING
     assert upload.key.startswith("uploads/") and upload.key.endswith(".jpg")
     assert "holiday" not in upload.key
-    fields = body["fields"]
-    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
-    assert fields["key"] == upload.key
-    policy = json.loads(base64.b64decode(fields["policy"]))
-    conditions = policy["conditions"]
-    assert {"bucket": settings.AWS_STORAGE_BUCKET_NAME} in conditions
-    assert {"key": upload.key} in conditions
-    assert {"Content-Type": "image/jpeg"} in conditions
-    assert ["content-length-range", 12345, 12345] in conditions
-    assert {"x-amz-algorithm": "AWS4-HMAC-SHA256"} in conditions
     assert body["upload"]["status"] == "pending"
-    assert body["expires_at"] > body["upload"]["created_at"]
-    # A short expiry: UPLOAD_URL_EXPIRES (10 minutes) from now.
+    assert body["url"] == f"{settings.AWS_ENDPOINT_URL}/{settings.AWS_STORAGE_BUCKET_NAME}"
+    fields = body["fields"]
+    # Nothing beyond what the policy pins down: no ACL making the object public, say.
+    assert set(fields) == {
+        "key",
+        "Content-Type",
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "policy",
+        "x-amz-signature",
+    }
+    assert fields["key"] == upload.key
+    assert fields["Content-Type"] == "image/jpeg"
+    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+    signed_at = datetime.strptime(fields["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - signed_at).total_seconds()) < 60
+    scope = f"{signed_at:%Y%m%d}/{settings.AWS_S3_REGION_NAME}/s3/aws4_request"
+    assert fields["x-amz-credential"] == f"{settings.AWS_ACCESS_KEY_ID}/{scope}"
+
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert set(policy) == {"expiration", "conditions"}
+    assert unordered(policy["conditions"]) == unordered(
+        [
+            {"bucket": settings.AWS_STORAGE_BUCKET_NAME},
+            {"key": upload.key},
+            {"Content-Type": "image/jpeg"},
+            ["content-length-range", 12345, 12345],
+            {"x-amz-algorithm": "AWS4-HMAC-SHA256"},
+            {"x-amz-credential": fields["x-amz-credential"]},
+            {"x-amz-date": fields["x-amz-date"]},
+        ]
+    )
     expiration = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
     lifetime = (expiration - datetime.now(UTC)).total_seconds()
-    assert settings.UPLOAD_URL_EXPIRES - 60 < lifetime <= settings.UPLOAD_URL_EXPIRES
+    assert 420 - 5 < lifetime <= 420
+    expires_at = datetime.fromisoformat(body["expires_at"])
+    assert abs((expires_at - expiration).total_seconds()) < 5
 
 
 def test_keys_are_unique_and_never_built_from_the_filename(alice: Client) -> None:
@@ -149,11 +198,93 @@ def test_post_without_csrf_token_is_refused(user: Any) -> None:
     assert response.status_code == 201
 
 
+def test_complete_without_csrf_token_is_refused_and_changes_nothing(user: Any) -> None:
+    # The file is in S3, so an accepted call would move the upload on.
+    upload = make_upload(user, Status.PENDING, jpeg_bytes())
+    client, token = csrf_client(user)
+    url = f"/api/uploads/{upload.pk}/complete"
+
+    response = client.post(url)
+    assert response.status_code == 403
+    assert error_code(response) == "csrf_failed"
+    upload.refresh_from_db()
+    assert upload.status == Status.PENDING and upload.uploaded_at is None
+
+    response = client.post(url, HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200
+    assert Upload.objects.get(pk=upload.pk).status == Status.PROCESSING
+
+
+def test_delete_without_csrf_token_is_refused_and_keeps_the_upload(user: Any) -> None:
+    upload = make_upload(user, Status.READY)
+    client, token = csrf_client(user)
+    url = f"/api/uploads/{upload.pk}/"
+
+    response = client.delete(url)
+    assert response.status_code == 403
+    assert error_code(response) == "csrf_failed"
+    assert Upload.objects.filter(pk=upload.pk).exists()
+
+    assert client.delete(url, HTTP_X_CSRFTOKEN=token).status_code == 204
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+
+
+def test_marking_read_without_csrf_token_is_refused_and_leaves_them_unread(user: Any) -> None:
+    notification = notify(user)
+    client, token = csrf_client(user)
+    url = "/api/notifications/read"
+
+    response = client.post(url, "{}", content_type="application/json")
+    assert response.status_code == 403
+    assert error_code(response) == "csrf_failed"
+    notification.refresh_from_db()
+    assert not notification.read
+
+    response = client.post(url, "{}", content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert response.json() == {"marked": 1}
+    notification.refresh_from_db()
+    assert notification.read
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/uploads/{id}/"),
+        ("DELETE", "/api/uploads/{id}/"),
+        ("POST", "/api/uploads/{id}/complete"),
+        ("GET", "/api/notifications/"),
+        ("POST", "/api/notifications/read"),
+    ],
+)
+def test_anonymous_users_are_refused_everywhere_and_change_nothing(
+    client: Client, user: Any, method: str, path: str
+) -> None:
+    # Signed in, these calls would move the upload on, delete it, or mark all read.
+    upload = make_upload(user, Status.PENDING, jpeg_bytes())
+    notification = notify(user)
+
+    response = client.generic(
+        method, path.format(id=upload.pk), "{}", content_type="application/json"
+    )
+
+    assert response.status_code == 401
+    assert set(response.json()) == {"error"}
+    assert set(response.json()["error"]) == {"code", "message"}
+    assert error_code(response) == "not_authenticated"
+    assert response.json()["error"]["message"]
+    upload.refresh_from_db()
+    assert upload.status == Status.PENDING and upload.uploaded_at is None
+    notification.refresh_from_db()
+    assert not notification.read
+
+
 def test_upload_straight_to_s3_then_complete(alice: Client) -> None:
     data = jpeg_bytes()
     body = start_jpeg(alice, data)
 
     assert post_to_s3(body, data).status_code == 204
+    stored = s3.head(body["fields"]["key"])
+    assert stored is not None and stored.content_type == "image/jpeg"
     response = alice.post(f"/api/uploads/{body['id']}/complete")
 
     assert response.status_code == 200
@@ -230,17 +361,24 @@ def test_invalid_cursor_is_a_clear_error(alice: Client) -> None:
 
 
 def test_another_users_upload_is_not_found_everywhere(alice: Client, other_user: Any) -> None:
-    body = start_jpeg(alice, b"12345")
+    data = jpeg_bytes()
+    body = start_jpeg(alice, data)
+    # The file is in S3, so a "complete" that got through would move the upload on.
+    assert post_to_s3(body, data).status_code == 204
     bob = Client()
     bob.force_login(other_user)
     url = f"/api/uploads/{body['id']}/"
+    missing = bob.get(f"/api/uploads/{uuid.uuid4()}/").json()
 
-    assert bob.get(url).status_code == 404
-    assert bob.delete(url).status_code == 404
-    assert bob.post(url + "complete").status_code == 404
+    for response in (bob.get(url), bob.delete(url), bob.post(url + "complete")):
+        assert response.status_code == 404
+        # Just like a missing upload: nothing tells bob that this one exists.
+        assert response.json() == missing
     assert bob.get("/api/uploads/").json()["results"] == []
-    assert error_code(bob.get(url)) == "not_found"
-    assert Upload.objects.filter(pk=body["id"]).exists()
+    upload = Upload.objects.get(pk=body["id"])
+    assert upload.status == Status.PENDING
+    assert upload.uploaded_at is None and upload.verified_size is None
+    assert alice.get(url).json()["status"] == "pending"
 
 
 # Objects go after the commit, so the transaction must really commit.
@@ -310,6 +448,43 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+PRODUCTION_PAGES = """
+from django.test import Client
+client = Client(HTTP_HOST="uploads.example.com")
+print("healthz", client.get("/healthz").status_code)
+print("login over http", client.get("/accounts/login/").status_code)
+page = client.get("/accounts/login/", secure=True)
+print("login over https", page.status_code, "/static/site." in page.content.decode())
+"""
+
+
+def test_production_serves_pages_after_collectstatic_and_probes_over_http(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": "x" * 20 + "a-long-random-production-secret-key-0123456789",
+        "ALLOWED_HOSTS": "uploads.example.com",
+        "VAR_DIR": str(tmp_path),
+    }
+
+    def manage(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    manage("collectstatic", "--no-input")
+    lines = manage("shell", "--no-imports", "-c", PRODUCTION_PAGES).splitlines()
+
+    # A load balancer's plain-HTTP probe gets the answer, not a redirect.
+    assert lines[0] in ("healthz 200", "healthz 503")
+    assert lines[1] == "login over http 301"
+    assert lines[2] == "login over https 200 True"
 
 
 def test_too_many_uploads_in_flight_is_refused_until_some_finish(
