@@ -138,6 +138,26 @@ def test_list_searches_filename_owner_key_and_id(
     assert search("nothing-like-it") == set()
 
 
+def test_a_search_matching_too_many_owners_says_so(
+    admin_client: Client, django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("uploads.admin.MAX_OWNERS", 2)
+    crowd = [
+        django_user_model.objects.create_user(f"crowd{n}", f"crowd{n}@example.com", "pw")
+        for n in range(3)
+    ]
+    for member in crowd:
+        make_upload(member, Status.READY)
+
+    broad = admin_client.get(UPLOADS, {"q": "crowd"})
+    narrow = admin_client.get(UPLOADS, {"q": "crowd1"})
+
+    assert len(broad.context["cl"].result_list) == 2
+    assert any("More than 2 users match 'crowd'" in text for text in messages_of(broad))
+    assert len(narrow.context["cl"].result_list) == 1
+    assert messages_of(narrow) == []
+
+
 def test_list_counts_no_further_than_its_cap(
     admin_client: Client, user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,6 +127,45 @@ def test_cleanup_rescues_a_stale_upload_whose_file_came_in_time(
     assert exists(unnoticed.key)
 
 
+def test_cleanup_dry_run_counts_a_rescuable_upload_as_kept_not_orphaned(
+    user: Any, empty_bucket: None, settings: Any
+) -> None:
+    settings.UPLOAD_URL_EXPIRES = 3 * 24 * 3600
+    unnoticed = make_upload(user, Status.PENDING, jpeg_bytes())
+    created = timezone.now() - timedelta(days=3, minutes=1)
+    Upload.objects.filter(pk=unnoticed.pk).update(created_at=created)
+
+    output = run("cleanup_uploads", "--older-than", "3d", "--dry-run")
+
+    assert "would rescue 1 whose file came unnoticed" in output
+    assert "Would delete 0 orphaned objects" in output
+    assert Upload.objects.get(pk=unnoticed.pk).status == Status.PENDING
+    assert exists(unnoticed.key)
+
+
+def test_cleanup_dry_run_leaves_lost_tasks_and_unsent_emails_alone(
+    user: Any, empty_bucket: None, short_forms: None, eager_tasks: None, settings: Any
+) -> None:
+    lost = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
+    Upload.objects.filter(pk=lost.pk).update(updated_at=long_ago)
+    notification = Notification.objects.create(
+        owner=user, upload=lost, kind="ready", message="lost.jpg is ready."
+    )
+    Notification.objects.filter(pk=notification.pk).update(
+        created_at=timezone.now() - timedelta(hours=1)
+    )
+
+    output = run("cleanup_uploads", "--older-than", "2s", "--dry-run")
+
+    assert Upload.objects.get(pk=lost.pk).status == Status.PROCESSING
+    assert Upload.objects.get(pk=lost.pk).updated_at == long_ago
+    assert mail.outbox == []
+    assert Notification.objects.get(pk=notification.pk).emailed_at is None
+    assert "processing again for 1 uploads" in output
+    assert "1 unsent emails" in output
+
+
 def test_cleanup_dry_run_changes_nothing(bucket_with_garbage: dict[str, Any]) -> None:
     output = run("cleanup_uploads", "--older-than", "2s", "--dry-run")
 
@@ -244,6 +283,8 @@ def test_reprocess_dry_run_changes_nothing(
     assert Upload.objects.get(pk=failed.pk).status == Status.FAILED
     assert not ready.thumbnails.exists()
     assert "Dry run: would queue thumbnails for 1 ready images and processing for 1" in output
+    assert "Would queue thumbnails for 1 ready images." in output
+    assert "Queued" not in output and "Sent" not in output
 
 
 def test_reprocess_selects_by_date(user: Any) -> None:

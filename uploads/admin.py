@@ -63,14 +63,32 @@ def parse_uuid(term: str) -> uuid.UUID | None:
         return None
 
 
-def owners_matching(term: str) -> list[Any]:
-    """Users whose username or email contains the term (any case), at most 100.
+# A search by owner looks at the uploads of this many matching users at most.
+MAX_OWNERS = 100
+
+
+def owners_matching(term: str, limit: int | None = None) -> list[Any]:
+    """Users whose username or email contains the term (any case), at most `limit`
+    (MAX_OWNERS by default).
 
     The users table is far smaller than the uploads table, so it is searched
     first and the uploads are then found through the owner index.
     """
     users = get_user_model().objects.filter(Q(username__icontains=term) | Q(email__icontains=term))
-    return list(users.values_list("pk", flat=True)[:100])
+    return list(users.order_by("pk").values_list("pk", flat=True)[: limit or MAX_OWNERS])
+
+
+def warn_if_owners_capped(model_admin: admin.ModelAdmin, request: HttpRequest, term: str) -> None:
+    """Say so when a term matches more users than a search looks at."""
+    if parse_uuid(term) is not None or KEY.match(term):
+        return
+    if len(owners_matching(term, MAX_OWNERS + 1)) > MAX_OWNERS:
+        model_admin.message_user(
+            request,
+            f"More than {MAX_OWNERS} users match {term!r}; only the uploads of the first "
+            f"{MAX_OWNERS} are shown. Search for a fuller username or email.",
+            messages.WARNING,
+        )
 
 
 def upload_search(term: str) -> Q:
@@ -243,7 +261,10 @@ class UploadAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Upload], search_term: str
     ) -> tuple[QuerySet[Upload], bool]:
         term = search_term.strip()
-        return (queryset.filter(upload_search(term)) if term else queryset), False
+        if not term:
+            return queryset, False
+        warn_if_owners_capped(self, request, term)
+        return queryset.filter(upload_search(term)), False
 
     # --- permissions: uploads are made by the API and changed by actions only ---
 
@@ -449,6 +470,7 @@ class NotificationAdmin(admin.ModelAdmin):
         upload_id = parse_uuid(term)
         if upload_id is not None:
             return queryset.filter(upload_id=upload_id), False
+        warn_if_owners_capped(self, request, term)
         return queryset.filter(owner__in=owners_matching(term)), False
 
     def has_add_permission(self, request: HttpRequest) -> bool:

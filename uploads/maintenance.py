@@ -13,6 +13,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -102,6 +103,9 @@ class CleanupResult:
     orphan_bytes: int = 0
     orphan_sample: list[str] = field(default_factory=list)
     multipart_aborted: int = 0
+    # Keys of stale pending uploads rescued (or, in a dry run, that would be):
+    # their objects are needed, not orphans.
+    rescued_keys: set[str] = field(default_factory=set)
     # Keys S3 reported it could not delete.
     failed: list[str] = field(default_factory=list)
 
@@ -116,14 +120,18 @@ def cleanup(
     """
     cutoff = timezone.now() - older_than
     result = CleanupResult()
-    result.expired, result.rescued = expire_stale(cutoff, dry_run)
+    progress("Settling stale pending uploads...")
+    result.expired, result.rescued = expire_stale(cutoff, dry_run, result.rescued_keys, progress)
     progress(
         f"{'Would expire' if dry_run else 'Expired'} {result.expired:,} pending uploads; "
         f"{'would rescue' if dry_run else 'rescued'} {result.rescued:,} whose file came unnoticed."
     )
     for prefix in (KEY_PREFIX, THUMBS_PREFIX):
+        progress(f"Looking for orphans under {prefix}...")
         delete_orphans(prefix, cutoff, dry_run, result, progress)
-    abort_stale_multipart_uploads(cutoff, dry_run, result)
+    progress("Looking for stale multipart uploads...")
+    abort_stale_multipart_uploads(cutoff, dry_run, result, progress)
+    progress("Looking for lost processing tasks and unsent emails...")
     result.restarted = restart_stuck(dry_run)
     result.emails_requeued = requeue_unsent_emails(dry_run)
     return result
@@ -162,29 +170,44 @@ def requeue_unsent_emails(dry_run: bool = False) -> int:
     return requeued
 
 
-def expire_stale(cutoff: datetime, dry_run: bool = False) -> tuple[int, int]:
+def expire_stale(
+    cutoff: datetime,
+    dry_run: bool = False,
+    rescued_keys: set[str] | None = None,
+    progress: Progress = _quiet,
+) -> tuple[int, int]:
     """Settle pending uploads created before `cutoff`; returns (expired, rescued).
 
     Their form expired long ago. If the file came while the form was valid,
     its event and the page's "complete" call were both lost: the upload is
-    rescued (checked and processed as the event would have). Otherwise it
-    expires, and a file that came late is deleted by delete_orphans.
+    rescued (checked and processed as the event would have), and its key
+    added to `rescued_keys`. Otherwise it expires, and a file that came late
+    is deleted by delete_orphans.
     """
     expired = rescued = 0
     form_lifetime = timedelta(seconds=settings.UPLOAD_URL_EXPIRES) + CLOCK_SKEW
-    for pks in pk_chunks(Upload.objects.stale(cutoff)):
+    for number, pks in enumerate(pk_chunks(Upload.objects.stale(cutoff)), start=1):
         for upload in Upload.objects.filter(pk__in=pks, status=Status.PENDING):
             info = s3.head(upload.key)
             if info is not None and info.last_modified <= upload.created_at + form_lifetime:
-                rescued += dry_run or upload.accept_arrival()
+                if dry_run or upload.accept_arrival():
+                    rescued += 1
+                    if rescued_keys is not None:
+                        rescued_keys.add(upload.key)
             elif dry_run or Upload.objects.filter(pk=upload.pk, status=Status.PENDING).update(
                 status=Status.EXPIRED, error=NEVER_ARRIVED, updated_at=timezone.now()
             ):
                 expired += 1
+        progress(f"Checked {number * PAGE:,} stale pending uploads or fewer so far.")
     return expired, rescued
 
 
-def orphans_in(prefix: str, page: list[dict[str, Any]], cutoff: datetime) -> list[str]:
+def orphans_in(
+    prefix: str,
+    page: list[dict[str, Any]],
+    cutoff: datetime,
+    rescued: AbstractSet[str] = frozenset(),
+) -> list[str]:
     """The keys of one listing page under `prefix` that nothing needs, in one query.
 
     Under uploads/: an object whose row is expired or rejected (or pending
@@ -204,7 +227,7 @@ def orphans_in(prefix: str, page: list[dict[str, Any]], cutoff: datetime) -> lis
             .exclude(status=Status.PENDING, created_at__lt=cutoff)
             .values_list("file", flat=True)
         )
-        discarded = set(rows.values_list("file", flat=True)) - needed
+        discarded = set(rows.values_list("file", flat=True)) - needed - rescued
     return [
         obj["Key"]
         for obj in page
@@ -218,7 +241,7 @@ def delete_orphans(
     """Delete the objects under `prefix` that nothing needs, a listing page at a time."""
     for number, page in enumerate(chunked(s3.iter_objects(prefix), PAGE), start=1):
         result.scanned += len(page)
-        orphans = orphans_in(prefix, page, cutoff)
+        orphans = orphans_in(prefix, page, cutoff, result.rescued_keys)
         sizes = {obj["Key"]: int(obj.get("Size", 0)) for obj in page}
         result.orphans += len(orphans)
         result.orphan_bytes += sum(sizes[key] for key in orphans)
@@ -229,7 +252,9 @@ def delete_orphans(
             progress(f"Scanned {result.scanned:,} objects, {result.orphans:,} orphans so far.")
 
 
-def abort_stale_multipart_uploads(cutoff: datetime, dry_run: bool, result: CleanupResult) -> None:
+def abort_stale_multipart_uploads(
+    cutoff: datetime, dry_run: bool, result: CleanupResult, progress: Progress = _quiet
+) -> None:
     """Abort multipart uploads begun before `cutoff` and never finished.
 
     The bucket's lifecycle rule does this after a day too; this catches
@@ -240,6 +265,8 @@ def abort_stale_multipart_uploads(cutoff: datetime, dry_run: bool, result: Clean
             continue
         if dry_run or s3.abort_multipart_upload(upload["Key"], upload["UploadId"]):
             result.multipart_aborted += 1
+            if result.multipart_aborted % PAGE == 0:
+                progress(f"Aborted {result.multipart_aborted:,} multipart uploads so far.")
 
 
 # --- reprocess_uploads and the admin's actions ---
@@ -298,12 +325,14 @@ def reprocess(
             for pk in pks:
                 regenerate_thumbnails.delay(str(pk), force)
         result.thumbnails += len(pks)
-        progress(f"Queued thumbnails for {result.thumbnails:,} ready images.")
+        queued = "Would queue" if dry_run else "Queued"
+        progress(f"{queued} thumbnails for {result.thumbnails:,} ready images.")
     for pks in pk_chunks(uploads.filter(status=Status.FAILED), chunk_size):
         result.retried += (
             len(pks) if dry_run else sum(u.retry() for u in Upload.objects.filter(pk__in=pks))
         )
-        progress(f"Sent {result.retried:,} failed uploads back to processing.")
+        sent = "Would send" if dry_run else "Sent"
+        progress(f"{sent} {result.retried:,} failed uploads back to processing.")
     return result
 
 

@@ -119,6 +119,8 @@ class Upload(models.Model):
             models.Index(fields=["status", "created_at"], name="upload_status_created"),
             models.Index(fields=["-created_at"], name="upload_newest"),
             models.Index(fields=["content_type", "-created_at"], name="upload_type_newest"),
+            # The admin summary's failures and rejections of the last day.
+            models.Index(fields=["status", "-processed_at"], name="upload_status_processed"),
         ]
 
     def __str__(self) -> str:
@@ -301,7 +303,8 @@ class Upload(models.Model):
 class Thumbnail(models.Model):
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="thumbnails")
     name = models.CharField(max_length=20)
-    file = models.FileField(max_length=200)
+    # Unique, and so indexed: cleanup_uploads looks up every listed thumbs/ key.
+    file = models.FileField(max_length=200, unique=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     bytes = models.PositiveIntegerField()
