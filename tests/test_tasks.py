@@ -114,6 +114,31 @@ def test_an_upload_deleted_while_it_is_processed_leaves_no_thumbnails(user: Any)
     assert not Notification.objects.filter(upload_id=upload.pk).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_replaced_and_rejected_while_it_is_processed_keeps_no_thumbnails(
+    user: Any,
+) -> None:
+    upload = processing_jpeg(user)
+    Upload.objects.filter(pk=upload.pk).update(etag=s3.head(upload.key).etag)  # type: ignore[union-attr]
+    upload.refresh_from_db()
+    real_download = s3.download_to
+
+    def replaced_meanwhile(key: str, fileobj: Any, etag: str = "") -> None:
+        real_download(key, fileobj, etag)
+        # Other bytes posted with the still-valid form; their event arrives now.
+        s3.put(upload.key, images.html_as_jpeg(), "image/jpeg", "no-cache")
+        assert Upload.objects.get(pk=upload.pk).reject_if_replaced()
+
+    with mock.patch("uploads.s3.download_to", side_effect=replaced_meanwhile):
+        process_upload.apply(args=[str(upload.pk)]).get()
+
+    upload.refresh_from_db()
+    assert upload.status == Status.REJECTED
+    assert "replaced" in upload.error
+    assert not upload.thumbnails.exists()
+    assert list(s3.iter_objects(f"thumbs/{upload.pk}/")) == []
+
+
 def test_a_deleted_upload_is_skipped(user: Any) -> None:
     upload = processing_jpeg(user)
     upload.delete()

@@ -60,6 +60,10 @@ def make_thumbnails(
     if not sizes:
         raise ValueError("make_thumbnails needs at least one size")
     limit = f"the limit is {max_pixels / 1_000_000:g} megapixels"
+    # Pillow refuses images beyond twice its own cap before ours is consulted;
+    # a cap set higher than Pillow's must raise Pillow's too.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         # Our own pixel cap, checked below, replaces Pillow's warning.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
