@@ -98,6 +98,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "uploads.context_processors.unread_notifications",
             ],
         },
     },
@@ -183,6 +184,8 @@ UPLOAD_CORS_ORIGINS = env_list(
     else [f"{_site.scheme}://{_site.netloc}"],
 )
 
+# How long a signed GET link to an original or a thumbnail stays valid.
+DOWNLOAD_URL_EXPIRES = env_int("DOWNLOAD_URL_EXPIRES", 300)
 STORAGES = {
     "default": {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -196,7 +199,7 @@ STORAGES = {
             # The bucket is private: every URL handed out is signed and short-lived.
             "default_acl": None,
             "querystring_auth": True,
-            "querystring_expire": env_int("DOWNLOAD_URL_EXPIRES", 300),
+            "querystring_expire": DOWNLOAD_URL_EXPIRES,
             # Thumbnail keys are deterministic: a rerun overwrites, never duplicates.
             "file_overwrite": True,
             # Custom endpoints (moto, MinIO...) want path-style addressing.

@@ -11,6 +11,8 @@ const emptyGallery = document.getElementById("gallery-empty");
 const FAST_POLL = 150;
 const FAST_POLL_FOR = 3000;
 const FINAL = new Set(["ready", "rejected", "failed", "expired"]);
+// Signed links are fetched again this long (ms) before the server says they expire.
+const LINK_MARGIN = 15000;
 
 const MESSAGES = {
   too_large: "This file is larger than the limit.",
@@ -374,9 +376,20 @@ function thumbnailFor(upload) {
 
 const galleryItems = {
   nodes: new Map(),
+  resigned: new Set(),
   next: config.uploadsUrl,
 
+  // Signed links expire (config.downloadUrlExpires): a tile is fetched again
+  // when its image fails to load or before an expired link is followed.
+  async refresh(uploadId) {
+    const result = await api(`${config.uploadsUrl}${uploadId}/`);
+    if (result.ok && this.nodes.has(uploadId)) this.upsert(result.data);
+    return result.ok ? result.data : null;
+  },
+
   render(upload) {
+    const signedAt = Date.now();
+    const stale = () => Date.now() - signedAt > config.downloadUrlExpires * 1000 - LINK_MARGIN;
     const remove = element("button", { type: "button", class: "link", text: "Delete" });
     remove.setAttribute("aria-label", `Delete ${upload.filename}`);
     remove.addEventListener("click", async () => {
@@ -389,13 +402,35 @@ const galleryItems = {
         announce(`${upload.filename} deleted`);
       }
     });
+    const thumbnail = thumbnailFor(upload);
+    if (thumbnail.tagName === "IMG") {
+      // Signed again once: an image that fails with a fresh link is broken, not expired.
+      thumbnail.addEventListener("load", () => this.resigned.delete(upload.id), { once: true });
+      thumbnail.addEventListener("error", () => {
+        if (this.resigned.has(upload.id)) return;
+        this.resigned.add(upload.id);
+        this.refresh(upload.id);
+      }, { once: true });
+    }
     const link = upload.url
       ? element(
           "a",
           { href: upload.url, target: "_blank", rel: "noopener", "aria-label": `Open ${upload.filename}` },
-          thumbnailFor(upload),
+          thumbnail,
         )
-      : thumbnailFor(upload);
+      : thumbnail;
+    if (upload.url) {
+      link.addEventListener("click", async (event) => {
+        if (!stale()) return;
+        event.preventDefault();
+        // Opened now, while the click still counts, so no popup blocker stops it.
+        const opened = window.open("", "_blank");
+        if (opened) opened.opener = null;
+        const fresh = await this.refresh(upload.id);
+        if (fresh?.url && opened) opened.location.href = fresh.url;
+        else opened?.close();
+      });
+    }
     return element(
       "li",
       { class: "tile", "data-status": upload.status, "data-upload-id": upload.id },

@@ -526,6 +526,58 @@ def test_earlier_uploads_are_listed_a_page_at_a_time(
     expect(more).to_be_hidden()
 
 
+def test_expired_links_in_the_list_are_signed_again(
+    signed_in: Page, user: Any, settings: Any
+) -> None:
+    from playwright.sync_api import Route
+
+    from uploads.models import Thumbnail
+
+    # The page signs links again once they are older than this less 15 s: here, 1 s.
+    settings.DOWNLOAD_URL_EXPIRES = 16
+    upload = make_upload(user, Status.READY, jpeg(), detected_type="image/jpeg")
+    webp = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(webp, "WEBP")
+    key = Thumbnail.key_for(upload.pk, "256")
+    s3.put(key, webp.getvalue(), "image/webp", "private")
+    Thumbnail.objects.create(upload=upload, name="256", file=key, width=32, height=24, bytes=1)
+    refused: list[str] = []
+
+    def expired_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+        else:  # as S3 answers a link past its expiry
+            refused.append(route.request.url)
+            route.fulfill(status=403, body="<Error><Code>AccessDenied</Code></Error>")
+
+    signed_in.route(f"{STORAGE_URL}/**/thumbs/**", expired_once)
+    detail = f"/api/uploads/{upload.pk}/"
+    asked_again: list[str] = []
+
+    def note_detail_request(request: Request) -> None:
+        if detail in request.url:
+            asked_again.append(request.url)
+
+    signed_in.on("request", note_detail_request)
+    page = open_uploads(signed_in)
+
+    page.wait_for_function(
+        "() => document.querySelector('#gallery .tile img')?.naturalWidth === 32"
+    )
+    assert len(refused) == 1
+    assert len(asked_again) == 1  # the tile's links were signed again, once
+
+    link = page.get_by_role("link", name=f"Open {upload.filename}")
+    first_href = link.get_attribute("href")
+    page.wait_for_timeout(1500)
+    with page.expect_popup() as popup:
+        link.click()
+    popup.value.wait_for_url(f"{STORAGE_URL}/**")
+    opened = popup.value.url
+    assert opened.startswith(f"{STORAGE_URL}/") and f"{upload.pk}.jpg" in opened
+    assert opened != first_href
+
+
 @pytest.mark.pipeline
 def test_processed_photo_shows_its_thumbnail_and_a_notification(
     signed_in: Page, pipeline: Any

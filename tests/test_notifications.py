@@ -125,6 +125,21 @@ def test_a_failed_email_gives_its_claim_back_for_the_retry(user: Any, settings: 
     assert (notification.emailed_at, notification.email_claimed_at) == (None, None)
 
 
+def test_every_page_header_shows_the_owners_unread_count(
+    alice: Client, user: Any, other_user: Any
+) -> None:
+    processing_upload(user, "mine.jpg").finish(Status.READY)
+    processing_upload(other_user, "bobs.jpg").finish(Status.READY)
+    processing_upload(other_user, "bobs2.jpg").finish(Status.READY)
+
+    for url in ("/", "/accounts/confirm-email/not-a-token/"):
+        page = alice.get(url).content.decode()
+        assert ">1 new notification<" in page, url
+
+    Notification.objects.filter(owner=user).update(read=True)
+    assert ">No new notifications<" in alice.get("/").content.decode()
+
+
 def test_list_is_the_owners_newest_first_with_an_unread_count(
     alice: Client, user: Any, other_user: Any
 ) -> None:

@@ -214,6 +214,7 @@ def keyset_page(
 def upload_page(request: HttpRequest) -> HttpResponse:
     config = {
         "maxBytes": settings.UPLOAD_MAX_BYTES,
+        "downloadUrlExpires": settings.DOWNLOAD_URL_EXPIRES,
         "allowedTypes": {t: filetypes.describe(t) for t in settings.UPLOAD_ALLOWED_TYPES},
         "uploadsUrl": reverse("api_uploads"),
         "notificationsUrl": reverse("api_notifications"),
