@@ -10,6 +10,10 @@ const emptyGallery = document.getElementById("gallery-empty");
 // How often an upload in flight is checked at first, and for how long (ms).
 const FAST_POLL = 150;
 const FAST_POLL_FOR = 3000;
+// A file S3 accepted but the server has not seen yet (its event late or lost)
+// is announced again this often, and given up on after this long (ms).
+const RECHECK_EVERY = 5000;
+const GIVE_UP_AFTER = 5 * 60 * 1000;
 const FINAL = new Set(["ready", "rejected", "failed", "expired"]);
 // Signed links are fetched again this long (ms) before the server says they expire.
 const LINK_MARGIN = 15000;
@@ -269,11 +273,16 @@ class UploadRow {
 
   async complete() {
     this.setState("uploaded", "Checking…");
+    this.pollingSince = performance.now();
+    await this.announceArrival();
+    // Even if this call failed, S3's own event will move the upload on.
+    this.poll(FAST_POLL);
+  }
+
+  async announceArrival() {
+    this.announcedAt = performance.now();
     const result = await api(`${config.uploadsUrl}${this.upload.id}/complete`, { method: "POST" });
     if (result.ok) this.show(result.data);
-    // Even if this call failed, S3's own event will move the upload on.
-    this.pollingSince = performance.now();
-    this.poll(FAST_POLL);
   }
 
   poll(delay) {
@@ -286,6 +295,13 @@ class UploadRow {
       }
       this.show(result.data);
       if (FINAL.has(result.data.status)) return;
+      if (result.data.status === "pending") {
+        const now = performance.now();
+        if (now - this.pollingSince > GIVE_UP_AFTER) {
+          return this.setState("error", MESSAGES.not_uploaded);
+        }
+        if (now - this.announcedAt > RECHECK_EVERY) await this.announceArrival();
+      }
       // Most files are done within a couple of seconds: poll briskly for
       // those, then back off, never past a second while processing (the
       // outcome should show within about a second). A long-pending file (its

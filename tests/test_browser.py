@@ -393,6 +393,30 @@ def test_storage_failure_is_shown_and_retry_succeeds(signed_in: Page) -> None:
     assert photo.get_attribute("data-upload-id") == str(upload.pk)
 
 
+def test_a_lost_arrival_is_announced_again_until_the_server_sees_the_file(
+    signed_in: Page,
+) -> None:
+    from playwright.sync_api import Route, expect
+
+    page = open_uploads(signed_in)
+    completes: list[str] = []
+
+    def first_complete_lost(route: Route) -> None:
+        completes.append(route.request.url)
+        if len(completes) == 1:  # as if the request died on the way
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/api/uploads/*/complete", first_complete_lost)
+    page.set_input_files("#file-input", files=[a_file("late.jpg", "image/jpeg", jpeg())])
+
+    late = row(page, "late.jpg")
+    # No consumer runs here, so only the page's second call moves it on.
+    expect(late).to_have_attribute("data-state", ARRIVED, timeout=20_000)
+    assert len(completes) == 2
+
+
 def test_storage_that_refuses_this_origin_is_reported(signed_in: Page) -> None:
     from playwright.sync_api import expect
 
