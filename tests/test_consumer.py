@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from tests.conftest import ROOT, TEST_ENV, wait_for
+from tests.conftest import ROOT, TEST_ENV, Processes, _database_url, wait_for
 from uploads import consumer, s3
 from uploads.models import Status, Upload
 
@@ -192,6 +199,147 @@ def test_sigterm_stops_the_consumer_promptly(own_queues: str) -> None:
         assert b"Stopped" in process.stdout.read()
     finally:
         process.kill()
+
+
+class SlowStorage:
+    """The embedded endpoint behind a proxy that holds up S3 HEAD requests.
+
+    The consumer runs unchanged; only its network is slow, so that a batch
+    lasts long enough to be signalled in the middle of it. The first HEAD
+    waits until `release()`.
+    """
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        self.first_head = threading.Event()
+        self.released = threading.Event()
+        target = urlsplit(upstream)
+        host, port = str(target.hostname), target.port
+        proxy = self
+
+        class Forward(BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                if self.command == "HEAD":
+                    proxy.first_head.set()
+                    proxy.released.wait(timeout=120)
+                    time.sleep(delay)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection(host, port, timeout=60)
+                upstream.request(self.command, self.path, body, dict(self.headers))
+                response = upstream.getresponse()
+                data = response.read()
+                upstream.close()
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                elif response.getheader("Content-Length"):
+                    self.send_header("Content-Length", str(response.getheader("Content-Length")))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = forward
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_storage() -> Iterator[SlowStorage]:
+    proxy = SlowStorage(TEST_ENV["AWS_ENDPOINT_URL"], delay=0.3)
+    yield proxy
+    proxy.close()
+
+
+def test_sigterm_finishes_the_batch_in_hand_then_exits(
+    own_queues: str, user: Any, slow_storage: SlowStorage, tmp_path: Path, settings: Any
+) -> None:
+    uploads = [pending_upload(user) for _ in range(5)]
+    wait_for(lambda: s3.queue_depth(own_queues)["visible"] == len(uploads))
+    processes = Processes(
+        {
+            **os.environ,
+            **TEST_ENV,
+            "AWS_ENDPOINT_URL": slow_storage.url,
+            "AWS_STORAGE_BUCKET_NAME": settings.AWS_STORAGE_BUCKET_NAME,
+            "S3_EVENTS_QUEUE": own_queues,
+            "S3_EVENTS_DLQ": settings.S3_EVENTS_DLQ,
+            "DATABASE_URL": _database_url(),
+            # Tasks go to a queue of their own, which no worker reads.
+            "CELERY_QUEUE_PREFIX": f"sigterm-{tmp_path.name}-",
+            "PYTHONUNBUFFERED": "1",
+        },
+        tmp_path,
+    )
+    consumer_process = processes.start(
+        "consumer", [sys.executable, "manage.py", "consume_s3_events", "--wait", "1"]
+    )
+    try:
+        # The batch is in hand: its first HEAD is held at the proxy.
+        assert slow_storage.first_head.wait(timeout=120), processes.log("consumer")
+        consumer_process.send_signal(signal.SIGTERM)
+        slow_storage.release()
+
+        assert consumer_process.wait(timeout=120) == 0, processes.log("consumer")
+    finally:
+        processes.stop_all()
+
+    log = processes.log("consumer")
+    assert "Stopped: 5 handled, 0 ignored, 0 malformed, 0 failed." in log, log
+    for upload in uploads:
+        upload.refresh_from_db()
+        assert upload.status == Status.PROCESSING
+    assert s3.queue_depth(own_queues) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_a_handled_message_sqs_refuses_to_delete_is_handled_again(
+    own_queues: str, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload = pending_upload(user)
+    [message] = receive_all(own_queues)
+    # moto refuses a receipt handle it never issued with a per-entry
+    # ReceiptHandleIsInvalid, as SQS does an expired one (moto accepts those).
+    refused = {**message, "ReceiptHandle": "x" + message["ReceiptHandle"][1:]}
+
+    with (
+        caplog.at_level(logging.WARNING),
+        mock.patch("uploads.tasks.process_upload.delay") as enqueue,
+    ):
+        result = consumer.handle_batch(own_queues, [refused])
+
+    assert (result.handled, result.failed) == (1, 0)
+    assert result.not_deleted == [refused["ReceiptHandle"]]
+    enqueue.assert_called_once_with(str(upload.pk))
+    assert "ReceiptHandleIsInvalid" in caplog.text
+    warning = [r for r in caplog.records if r.name == "uploads.consumer"][-1]
+    assert warning.levelno == logging.WARNING
+    assert message["MessageId"] in warning.getMessage()
+
+    # Still in flight, so it comes back after the visibility timeout...
+    redelivered = wait_for(lambda: receive_all(own_queues), timeout=30)
+    assert [m["MessageId"] for m in redelivered] == [message["MessageId"]]
+    with mock.patch("uploads.tasks.process_upload.delay"):
+        again = consumer.handle_batch(own_queues, redelivered)
+
+    # ...and handling it again changes nothing; this time it is deleted.
+    assert (again.handled, again.failed, again.not_deleted) == (0, 0, [])
+    assert Upload.objects.get(pk=upload.pk).status == Status.PROCESSING
+    assert s3.queue_depth(own_queues) == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
 def test_a_stale_event_for_a_verified_upload_changes_nothing(own_queues: str, user: Any) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -141,45 +142,136 @@ def test_the_same_event_delivered_twice_changes_nothing(pipeline: Processes, ali
     assert len([m for m in mails_to(pipeline, "alice@example.com") if "twice.jpg" in m]) == 1
 
 
-def test_unknown_keys_test_events_and_garbage_leave_nothing_and_consumer_lives(
+def send(queue: str, body: str) -> str:
+    """Put a message on a queue, as S3 would; returns its MessageId."""
+    sent = s3.client("sqs").send_message(QueueUrl=s3.queue_url(queue), MessageBody=body)
+    return str(sent["MessageId"])
+
+
+def drained(queue: str) -> bool:
+    return s3.queue_depth(queue) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+def dead_letters() -> dict[str, dict[str, Any]]:
+    """The messages now visible in the dead-letter queue, by body.
+
+    Receiving hides them for the queue's visibility timeout; other tests'
+    messages may be among them.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    while batch := s3.receive(settings.S3_EVENTS_DLQ, wait_seconds=1):
+        found.update((message["Body"], message) for message in batch)
+    return found
+
+
+def bucket_keys() -> set[str]:
+    return {str(obj["Key"]) for obj in s3.iter_objects("")}
+
+
+def celery_queues_drained() -> bool:
+    prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["queue_name_prefix"]
+    return all(drained(f"{prefix}{name}") for name in ("images", "notifications"))
+
+
+def test_an_event_delivered_twice_while_pending_gives_one_result(
     pipeline: Processes, alice: Client
 ) -> None:
     queue = settings.S3_EVENTS_QUEUE
-    forged = {
-        "Records": [
-            {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "s3": {
-                    "bucket": {"name": settings.AWS_STORAGE_BUCKET_NAME},
-                    "object": {"key": "uploads/not-a-real-upload.jpg", "size": 3},
-                },
-            }
-        ]
-    }
-    s3.send_message(queue, json.dumps(forged))
-    s3.send_message(queue, json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
-    s3.send_message(queue, "{this is not json")
+    pipeline.stop("consumer")
+    try:
+        upload_id = upload_file(alice, jpeg((640, 480)), "image/jpeg", "back-to-back.jpg")
+        received: list[dict[str, Any]] = []
 
-    # The consumer keeps going: a real upload after the garbage still completes.
-    upload_id = upload_file(alice, jpeg((300, 200)), "image/jpeg", "after-garbage.jpg")
-    assert settled(upload_id).status == Status.READY
+        def its_event() -> dict[str, Any] | None:
+            received.extend(s3.receive(queue, wait_seconds=1))
+            return next((message for message in received if upload_id in message["Body"]), None)
+
+        # Within a visibility timeout: the stopped consumer's abandoned long poll
+        # may have taken it.
+        event = wait_for(its_event, timeout=30)
+        # S3 delivers at least once: the event and its copy wait side by side.
+        for message in received:
+            s3.release_message(queue, message["ReceiptHandle"])
+        s3.send_message(queue, event["Body"])
+        wait_for(lambda: s3.queue_depth(queue)["visible"] >= 2)
+    finally:
+        consuming = pipeline.log("consumer").count("Consuming S3 events")
+        pipeline.start_consumer()
+    wait_for(lambda: pipeline.log("consumer").count("Consuming S3 events") > consuming, 60)
+    # The page's "complete" call races the two deliveries.
+    assert alice.post(f"/api/uploads/{upload_id}/complete").status_code == 200
+
+    upload = settled(upload_id)
+
+    assert upload.status == Status.READY, upload.error
+    wait_for(lambda: drained(queue), timeout=30)
+    wait_for(lambda: mails_to(pipeline, "alice@example.com"), timeout=30)
+    wait_for(celery_queues_drained, timeout=60, interval=0.5)
+    thumbs = {str(obj["Key"]) for obj in s3.iter_objects(f"thumbs/{upload_id}/")}
+    assert thumbs == {f"thumbs/{upload_id}/256.webp", f"thumbs/{upload_id}/1024.webp"}
+    assert sorted(upload.thumbnails.values_list("file", flat=True)) == sorted(thumbs)
+    assert Notification.objects.filter(upload_id=upload_id).count() == 1
+    assert len([m for m in mails_to(pipeline, "alice@example.com") if "back-to-back" in m]) == 1
+    assert pipeline.log("worker").count(f"processing upload {upload_id}") == 1
+
+
+def test_unknown_keys_test_events_and_garbage_leave_nothing_and_consumer_lives(
+    pipeline: Processes, alice: Client
+) -> None:
+    queue, bucket = settings.S3_EVENTS_QUEUE, settings.AWS_STORAGE_BUCKET_NAME
+    tag = uuid.uuid4().hex
+    forged_key = f"uploads/forged-{tag}.jpg"
+    forged = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": bucket}, "object": {"key": forged_key, "size": 3}},
+                }
+            ]
+        }
+    )
+    test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "RequestId": tag})
+    garbage = f"{{this is not json {tag}"
+    keys_before = bucket_keys()
+
+    forged_id = send(queue, forged)
+    send(queue, test_event)
+    garbage_id = send(queue, garbage)
+
+    # The unknown key and the test event are deleted at once; the malformed
+    # message is released at each receive until SQS moves it to the DLQ.
+    wait_for(lambda: drained(queue), timeout=90, interval=0.5)
+    log = pipeline.log("consumer")
+    assert log.count(f"no upload for s3://{bucket}/{forged_key}; event dropped") == 1, log
+    assert f"message {forged_id}" not in log
+    assert log.count(f"malformed message {garbage_id}") == settings.S3_EVENTS_MAX_RECEIVES, log
+    dead = dead_letters()
+    assert dead[garbage]["MessageId"] == garbage_id
+    assert forged not in dead and test_event not in dead
+    s3.delete_messages(settings.S3_EVENTS_DLQ, [dead[garbage]["ReceiptHandle"]])
     assert pipeline.running["consumer"].poll() is None
+
+    # The consumer goes on: a real upload after the garbage still completes.
+    upload_id = upload_file(alice, jpeg((300, 200)), "image/jpeg", "after-garbage.jpg")
+    upload = settled(upload_id)
+    assert upload.status == Status.READY
     assert Upload.objects.count() == 1
     assert Notification.objects.count() == 1
+    # Of all that, S3 keeps only the real upload and its thumbnails.
+    expected = {upload.key, *(t.key for t in upload.thumbnails.all())}
+    wait_for(lambda: bucket_keys() - keys_before == expected, timeout=10)
 
 
 def test_a_poison_message_ends_in_the_dead_letter_queue(pipeline: Processes, alice: Client) -> None:
-    dlq = settings.S3_EVENTS_DLQ
-    client = s3.client("sqs")
-    client.purge_queue(QueueUrl=s3.queue_url(dlq))
-    s3.send_message(settings.S3_EVENTS_QUEUE, "poison: never valid JSON")
+    poison = f"poison: never valid JSON {uuid.uuid4().hex}"
+    poison_id = send(settings.S3_EVENTS_QUEUE, poison)
 
-    def in_dlq() -> list[dict[str, Any]]:
-        return s3.receive(dlq, wait_seconds=1)
+    message = wait_for(lambda: dead_letters().get(poison), timeout=90, interval=0.5)
 
-    messages = wait_for(in_dlq, timeout=60, interval=0.5)
-    assert messages[0]["Body"] == "poison: never valid JSON"
+    assert message["MessageId"] == poison_id
+    s3.delete_messages(settings.S3_EVENTS_DLQ, [message["ReceiptHandle"]])
     assert pipeline.running["consumer"].poll() is None
 
 

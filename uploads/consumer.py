@@ -52,7 +52,9 @@ def handle_batch(queue: str, messages: list[dict[str, Any]]) -> BatchResult:
     A message whose handling raised stays in the queue and comes back after
     its visibility timeout; after S3_EVENTS_MAX_RECEIVES receives SQS moves it
     to the dead-letter queue. A malformed one is released at once: it can
-    never succeed, so it should reach the dead-letter queue quickly.
+    never succeed, so it should reach the dead-letter queue quickly. A handled
+    message SQS refuses to delete (`not_deleted`) comes back the same way and
+    is handled again, which changes nothing.
     """
     result = BatchResult()
     done: list[str] = []
@@ -91,4 +93,14 @@ def handle_batch(queue: str, messages: list[dict[str, Any]]) -> BatchResult:
             result.ignored += 1
         done.append(handle)
     result.not_deleted = s3.delete_messages(queue, done) if done else []
+    if result.not_deleted:
+        refused = set(result.not_deleted)
+        ids = [m.get("MessageId", "?") for m in messages if m["ReceiptHandle"] in refused]
+        # uploads.s3 has logged SQS's reason for each.
+        logger.warning(
+            "SQS did not delete handled message(s) %s from %s; they come back after the "
+            "visibility timeout and are handled again",
+            ", ".join(ids),
+            queue,
+        )
     return result

@@ -66,12 +66,13 @@ class Command(BaseCommand):
                 for name in ("handled", "ignored", "malformed", "failed"):
                     setattr(total, name, getattr(total, name) + getattr(result, name))
                 logger.info(
-                    "batch of %s: %s handled, %s ignored, %s malformed, %s failed",
+                    "batch of %s: %s handled, %s ignored, %s malformed, %s failed, %s not deleted",
                     len(messages),
                     result.handled,
                     result.ignored,
                     result.malformed,
                     result.failed,
+                    len(result.not_deleted),
                 )
             if once:
                 break
