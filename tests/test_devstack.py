@@ -74,6 +74,8 @@ def stack(tmp_path: Path) -> DevStack:
 def test_make_dev_stops_cleanly_and_keeps_files_across_a_restart(stack: DevStack) -> None:
     try:
         stack.start()
+        # Housekeeping runs as cron would run it in production.
+        wait_for(lambda: "Expired 0 pending uploads" in stack.log.read_text(), timeout=60)
         session = signed_in(stack)
         # Past boto3's 8 MB multipart threshold: restored as one object with
         # the same ETag, since the worker reads originals with If-Match on it.

@@ -34,6 +34,9 @@ from uploads.models import Notification, Status, Thumbnail, Upload
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY_SECONDS = 15
+# What cron does in production: expire abandoned uploads, sweep orphans,
+# queue lost work again. At start, then hourly.
+CLEANUP_EVERY_SECONDS = 3600
 
 
 def worker_command(concurrency: int) -> list[str]:
@@ -74,6 +77,7 @@ class Command(BaseCommand):
         endpoint = urlsplit(settings.AWS_ENDPOINT_URL)
         self.snapshot_dir = Path(settings.VAR_DIR) / "aws"
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.cleanup: subprocess.Popen[bytes] | None = None
         self.stopping = False
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -133,9 +137,24 @@ class Command(BaseCommand):
             process = subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
             self.children.append((name, process))
 
+    def start_cleanup(self) -> None:
+        """`manage.py cleanup_uploads` in the background, unless one is still running."""
+        if self.cleanup is not None and self.cleanup.poll() is None:
+            return
+        self.cleanup = subprocess.Popen(
+            [sys.executable, "manage.py", "cleanup_uploads"],
+            cwd=settings.BASE_DIR,
+            start_new_session=True,
+        )
+
     def supervise(self) -> None:
         last_snapshot = time.monotonic()
+        self.start_cleanup()
+        last_cleanup = time.monotonic()
         while not self.stopping:
+            if time.monotonic() - last_cleanup > CLEANUP_EVERY_SECONDS:
+                self.start_cleanup()
+                last_cleanup = time.monotonic()
             for name, process in self.children:
                 if process.poll() is not None:
                     self.stderr.write(f"{name} exited with {process.returncode}; stopping.")
@@ -153,6 +172,8 @@ class Command(BaseCommand):
         self.stopping = True
 
     def stop_children(self) -> None:
+        if self.cleanup is not None and self.cleanup.poll() is None:
+            self.children.append(("cleanup", self.cleanup))
         for _, process in self.children:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
