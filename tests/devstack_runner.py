@@ -78,10 +78,11 @@ class DevStack:
             f"User.objects.create_user({self.USERNAME!r}, 'dev@example.com', {self.PASSWORD!r})",
         )  # fmt: skip
 
-    def start(self) -> None:
+    def start(self, command: list[str] | None = None) -> None:
+        """Start `manage.py devstack` (or `command`) and wait until the site answers."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "devstack"],
+                command or [sys.executable, "manage.py", "devstack"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

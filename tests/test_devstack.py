@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -121,5 +124,35 @@ def test_after_a_crash_no_upload_points_at_a_missing_object(stack: DevStack) -> 
             assert upload["status"] == "failed"
             assert "lost" in upload["error"]
             assert upload["thumbnails"] == [] and upload["url"] is None
+    finally:
+        stack.kill_all()
+
+
+def test_make_dev_migrates_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.fail("make is missing")
+    stack = DevStack(tmp_path)  # not prepared: `make dev` migrates by itself
+    stack.env["DEV_AWS_ENDPOINT_URL"] = stack.env.pop("AWS_ENDPOINT_URL")
+    try:
+        stack.start(["make", "--no-print-directory", "dev"])
+        printed = stack.log.read_text()
+        assert f"Serving on http://127.0.0.1:{stack.port}/" in printed
+        assert "manage.py createsuperuser" in printed
+        assert requests.get(f"{stack.base}/accounts/login/", timeout=10).status_code == 200
+
+        assert stack.process is not None
+        started = stack.descendants()
+        os.killpg(stack.process.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        stack.process.wait(timeout=60)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(lambda: all(gone(pid) for pid in started), timeout=10)
+        assert "Saved" in stack.log.read_text()  # the bucket was kept on the way out
     finally:
         stack.kill_all()
