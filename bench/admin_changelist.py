@@ -27,12 +27,19 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/uploads_bench"
 USERS = 1000
 
-# Statuses by n % 100: mostly ready, as in a healthy system.
-FILL_UPLOADS = """
-INSERT INTO uploads_upload (
-    id, owner_id, filename, file, content_type, size, verified_size, etag, detected_type,
-    width, height, status, error, created_at, updated_at, uploaded_at, processed_at
+# The columns each fill sets, in its SELECT's order. Django leaves no default
+# in the database, so every NOT NULL column must be here: check_fill_columns
+# says which one a new migration added before anything is thrown away.
+UPLOAD_COLUMNS = (
+    "id, owner_id, filename, file, content_type, size, verified_size, etag, detected_type, "
+    "width, height, status, error, created_at, updated_at, uploaded_at, processed_at, "
+    "unfinished_runs"
 )
+THUMBNAIL_COLUMNS = "upload_id, name, file, width, height, bytes, created_at"
+
+# Statuses by n % 100: mostly ready, as in a healthy system.
+FILL_UPLOADS = f"""
+INSERT INTO uploads_upload ({UPLOAD_COLUMNS})
 SELECT
     id, owner_id, 'photo-' || n || ext, 'uploads/' || id || ext, content_type, size,
     CASE WHEN status IN ('pending', 'expired') THEN NULL ELSE size END,
@@ -50,7 +57,9 @@ SELECT
     created_at, created_at + interval '3 seconds',
     CASE WHEN status IN ('pending', 'expired') THEN NULL ELSE created_at + interval '2 seconds' END,
     CASE WHEN status IN ('ready', 'rejected', 'failed')
-        THEN created_at + interval '3 seconds' END
+        THEN created_at + interval '3 seconds' END,
+    -- A run under way for those processing; none left over for the settled.
+    CASE WHEN status = 'processing' THEN 1 ELSE 0 END
 FROM (
     SELECT
         n,
@@ -73,8 +82,9 @@ FROM (
 ) AS generated
 """
 
-FILL_THUMBNAILS = """
-INSERT INTO uploads_thumbnail (upload_id, name, file, width, height, bytes, created_at)
+# One key per upload and size: uploads_thumbnail.file is unique (0006).
+FILL_THUMBNAILS = f"""
+INSERT INTO uploads_thumbnail ({THUMBNAIL_COLUMNS})
 SELECT u.id, s.name, 'thumbs/' || u.id || '/' || s.name || '.webp', s.side, s.side * 3 / 4,
        s.side * 40, u.processed_at
 FROM uploads_upload u CROSS JOIN (VALUES ('256', 256), ('1024', 1024)) AS s(name, side)
@@ -97,9 +107,31 @@ def create_database(url: str) -> None:
             print(f"created database {name}")
 
 
+def check_fill_columns() -> None:
+    """Stop, before truncating, if a NOT NULL column without a default is not filled."""
+    from django.db import connection
+
+    filled = {
+        "uploads_upload": {c.strip() for c in UPLOAD_COLUMNS.split(",")},
+        "uploads_thumbnail": {c.strip() for c in THUMBNAIL_COLUMNS.split(",")},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT table_name, column_name FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = ANY(%s)
+              AND is_nullable = 'NO' AND column_default IS NULL AND is_identity = 'NO'
+            """,
+            [list(filled)],
+        )
+        missing = [f"{t}.{c}" for t, c in cursor.fetchall() if c not in filled[t]]
+    if missing:
+        sys.exit(f"the fill does not set {', '.join(sorted(missing))}: add it to the fill SQL")
+
+
 def fill(rows: int, refill: bool) -> None:
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.db import connection, transaction
 
     from uploads.models import Upload
 
@@ -111,8 +143,10 @@ def fill(rows: int, refill: bool) -> None:
     if not refill and estimate >= rows * 0.95 and Upload.objects.exists():
         print(f"reusing about {estimate:,} uploads (--refill to start again)")
         return
+    check_fill_columns()
     started = time.perf_counter()
-    with connection.cursor() as cursor:
+    # One transaction: a fill that fails leaves the data as it was.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE uploads_notification, uploads_thumbnail, uploads_upload, auth_user CASCADE"
         )
