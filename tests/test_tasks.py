@@ -177,6 +177,24 @@ def test_an_object_replaced_after_its_claim_is_rejected(user: Any) -> None:
     assert "replaced" in upload.error
 
 
+def test_a_replacement_is_rejected_even_if_the_upload_became_ready_meanwhile(
+    user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    upload = processing_jpeg(user)
+    Upload.objects.filter(pk=upload.pk).update(etag=s3.head(upload.key).etag)  # type: ignore[union-attr]
+    seen_by_consumer = Upload.objects.get(pk=upload.pk)  # read while processing
+    process_upload.apply(args=[str(upload.pk)])  # ...which then ends ready
+    s3.put(upload.key, images.html_as_jpeg(), "image/jpeg", "no-cache")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert seen_by_consumer.reject_if_replaced()
+
+    upload.refresh_from_db()
+    assert upload.status == Status.REJECTED
+    assert not upload.thumbnails.exists()
+    assert s3.head(upload.key) is None
+
+
 def test_a_size_dropped_from_the_settings_goes_with_its_object(
     user: Any, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

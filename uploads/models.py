@@ -236,9 +236,14 @@ class Upload(models.Model):
         info = s3.head(self.key)
         if info is None or info.etag == self.etag:
             return False
-        return self.reject("The file was replaced after it was checked.", expected=self.status)
+        # Processing or ready, whichever it is by now: a task may settle it
+        # between our read and this update.
+        return self.reject(
+            "The file was replaced after it was checked.",
+            expected=(Status.PROCESSING, Status.READY),
+        )
 
-    def reject(self, reason: str, expected: str = Status.PROCESSING) -> bool:
+    def reject(self, reason: str, expected: str | tuple[str, ...] = Status.PROCESSING) -> bool:
         """Settle as rejected and keep nothing of the file: no thumbnail, no object."""
         with transaction.atomic():
             moved = self.finish(Status.REJECTED, reason, expected=expected)
@@ -249,11 +254,16 @@ class Upload(models.Model):
         return moved
 
     def finish(
-        self, outcome: str, error: str = "", expected: str = Status.PROCESSING, **fields: Any
+        self,
+        outcome: str,
+        error: str = "",
+        expected: str | tuple[str, ...] = Status.PROCESSING,
+        **fields: Any,
     ) -> bool:
         """Move the upload to an outcome and tell its owner, exactly once."""
         with transaction.atomic():
-            moved = Upload.objects.filter(pk=self.pk, status=expected).update(
+            statuses = (expected,) if isinstance(expected, str) else expected
+            moved = Upload.objects.filter(pk=self.pk, status__in=statuses).update(
                 status=outcome,
                 error=error[:500],
                 processed_at=timezone.now(),
