@@ -375,6 +375,15 @@ def test_actions_refuse_selections_too_large_for_one_request(
     assert "too many for one request" in messages_of(response)[0]
     assert Upload.objects.filter(pk__in=[first.pk, second.pk]).count() == 2
 
+    for upload in (first, second):
+        Notification.objects.create(owner=user, upload=upload, kind="ready", message="ready")
+    response = act(
+        admin_client, "resend", *Notification.objects.all(), url=NOTIFICATIONS, follow=True
+    )
+    assert "too many for one request" in messages_of(response)[0]
+    assert Notification.objects.filter(email_claimed_at__isnull=False).count() == 0
+    assert mail.outbox == []
+
 
 # --- unconfirmed addresses ---
 

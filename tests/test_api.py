@@ -431,6 +431,35 @@ def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
     assert client.get("/").status_code == 200
 
 
+def test_signup_racing_another_for_the_same_username_shows_the_form_again(
+    client: Client, django_user_model: Any
+) -> None:
+    from unittest import mock
+
+    from uploads.forms import SignUpForm
+
+    # The other sign-up commits between our uniqueness check and our insert.
+    def checked_before_the_other_committed(form: SignUpForm) -> str:
+        django_user_model.objects.create_user("carol", "first@example.com", "pw")
+        return str(form.cleaned_data["username"])
+
+    with mock.patch.object(SignUpForm, "clean_username", checked_before_the_other_committed):
+        response = client.post(
+            "/accounts/signup/",
+            {
+                "username": "carol",
+                "email": "carol@example.com",
+                "password1": "a-long-passphrase-42",
+                "password2": "a-long-passphrase-42",
+            },
+        )
+
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    assert django_user_model.objects.get(username="carol").email == "first@example.com"
+    assert "_auth_user_id" not in client.session
+
+
 def test_check_deploy_is_clean_with_production_settings() -> None:
     env = {
         **os.environ,

@@ -481,6 +481,14 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resend the email", permissions=["change"])
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
+        if queryset.count() > MAX_ACTION_ROWS:
+            self.message_user(
+                request,
+                f"That is more than {MAX_ACTION_ROWS:,} notifications, too many for one "
+                "request: narrow the selection.",
+                messages.ERROR,
+            )
+            return
         count = maintenance.resend_notifications(queryset)
         self.message_user(request, f"Queued {count} notification emails.", messages.SUCCESS)
 

@@ -16,7 +16,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -231,12 +231,17 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("upload_page")
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            user = form.save()
-            UnconfirmedEmail.objects.create(user=user)
-            send_confirmation_email.delay_on_commit(user.pk)
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("upload_page")
+        try:
+            with transaction.atomic():
+                user = form.save()
+                UnconfirmedEmail.objects.create(user=user)
+                send_confirmation_email.delay_on_commit(user.pk)
+        except IntegrityError:
+            # The same username taken by a sign-up a moment ago, after our check.
+            form.add_error("username", "A user with that username already exists.")
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("upload_page")
     return render(request, "registration/signup.html", {"form": form})
 
 
