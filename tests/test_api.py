@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 import requests
 from django.conf import settings
 from django.test import Client
+from django.utils import timezone
 from PIL import Image
 
 from tests.conftest import ROOT, make_upload, post_to_s3, wait_for
@@ -458,6 +459,31 @@ def test_signup_racing_another_for_the_same_username_shows_the_form_again(
     assert "already exists" in response.content.decode()
     assert django_user_model.objects.get(username="carol").email == "first@example.com"
     assert "_auth_user_id" not in client.session
+
+
+def test_sign_in_is_refused_after_repeated_wrong_passwords_until_the_lockout_ends(
+    client: Client, user: Any, other_user: Any, settings: Any
+) -> None:
+    from axes.models import AccessAttempt
+
+    def sign_in(username: str, password: str) -> Any:
+        return client.post("/accounts/login/", {"username": username, "password": password})
+
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert sign_in("alice", "a wrong guess").status_code == 200  # the form, with its error
+    locked = sign_in("alice", "a wrong guess")
+    assert locked.status_code == 429
+    assert "Wait 15 minutes" in locked.content.decode()
+
+    # The right password does not help while locked out...
+    assert sign_in("alice", "pw-alice-1234").status_code == 429
+    assert "_auth_user_id" not in client.session
+    # ...but only this username from this address is refused.
+    assert sign_in("bob", "pw-bob-1234").status_code == 302
+    client.logout()
+
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=16))
+    assert sign_in("alice", "pw-alice-1234").status_code == 302
 
 
 def test_check_deploy_is_clean_with_production_settings() -> None:
