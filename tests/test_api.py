@@ -486,6 +486,18 @@ def test_sign_in_is_refused_after_repeated_wrong_passwords_until_the_lockout_end
     assert sign_in("alice", "pw-alice-1234").status_code == 302
 
 
+def test_pages_forbid_inline_script_and_allow_only_the_storage_origin(alice: Client) -> None:
+    policy = alice.get("/")["Content-Security-Policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+
+    storage = settings.AWS_ENDPOINT_URL
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["connect-src"] == f"'self' {storage}"
+    assert storage in directives["img-src"]
+    assert directives["frame-ancestors"] == "'none'"
+
+
 def test_check_deploy_is_clean_with_production_settings() -> None:
     env = {
         **os.environ,

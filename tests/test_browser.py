@@ -26,7 +26,7 @@ from uploads import s3
 from uploads.models import Status, Upload
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, FilePayload, Page, Request
+    from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Request
 
 pytestmark = pytest.mark.browser
 
@@ -100,9 +100,17 @@ def page(browser: Browser, live_server: Any, transactional_db: None) -> Iterator
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    refused: list[str] = []
+
+    def note_policy_violation(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            refused.append(message.text)
+
+    page.on("console", note_policy_violation)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not refused, f"The Content-Security-Policy refused: {refused}"
 
 
 @pytest.fixture

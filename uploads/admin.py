@@ -159,7 +159,7 @@ class ThumbnailInline(ReadOnlyInline):
     @admin.display(description="thumbnail")
     def preview(self, thumbnail: Thumbnail) -> str:
         return format_html(
-            '<a href="{0}"><img src="{0}" alt="" style="max-width: 160px; max-height: 160px"></a>',
+            '<a href="{0}"><img src="{0}" alt="" class="upload-thumbnail"></a>',
             thumbnail.file.url,
         )
 
@@ -175,6 +175,10 @@ class NotificationInline(ReadOnlyInline):
 
 @admin.register(Upload)
 class UploadAdmin(admin.ModelAdmin):
+    class Media:
+        # Sizes for the previews: the Content-Security-Policy allows no inline style.
+        css = {"all": ("uploads-admin.css",)}
+
     list_display = (
         "preview",
         "filename",
@@ -284,7 +288,7 @@ class UploadAdmin(admin.ModelAdmin):
         if not thumbnails:
             return "—"
         return format_html(
-            '<img src="{}" alt="" loading="lazy" style="max-width: 64px; max-height: 64px">',
+            '<img src="{}" alt="" loading="lazy" class="upload-preview">',
             thumbnails[0].file.url,
         )
 
