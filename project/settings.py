@@ -285,6 +285,8 @@ UPLOAD_ALLOWED_TYPES = env_list(
 UPLOAD_URL_EXPIRES = env_int("UPLOAD_URL_EXPIRES", 10 * 60)
 # Forms one user may hold at once (and uploads in processing): a cap on abuse.
 UPLOAD_MAX_IN_FLIGHT = env_int("UPLOAD_MAX_IN_FLIGHT", 100)
+# Bytes one user may keep in the bucket, pending uploads included (0: no limit).
+UPLOAD_USER_QUOTA_BYTES = env_int("UPLOAD_USER_QUOTA_BYTES", 10 * 1024**3)
 UPLOAD_PAGE_SIZE = env_int("UPLOAD_PAGE_SIZE", 24)
 # Longest side, in pixels, of each thumbnail made for an image.
 THUMBNAIL_SIZES = [int(size) for size in env_list("THUMBNAIL_SIZES", ["256", "1024"])]

@@ -29,6 +29,7 @@ const MESSAGES = {
   not_uploaded: "Storage has not received the file.",
   network: "The server could not be reached: check the connection and retry.",
   too_many_uploads: "You have many uploads in progress: wait for some to finish.",
+  quota_exceeded: "This file would take you past your storage: delete some files first.",
   storage_unavailable: "Storage is not answering right now: retry in a moment.",
   server_error: "Something went wrong on our side: retry in a moment.",
 };

@@ -569,6 +569,26 @@ def test_too_many_uploads_in_flight_is_refused_until_some_finish(
     assert start(alice, filename="3.jpg", content_type="image/jpeg", size=1).status_code == 201
 
 
+def test_a_file_past_the_users_storage_quota_is_refused_until_space_is_freed(
+    alice: Client, user: Any, other_user: Any, settings: Any
+) -> None:
+    settings.UPLOAD_USER_QUOTA_BYTES = 1000
+    kept = start_jpeg(alice, b"x" * 600)
+    make_upload(user, Status.REJECTED, b"x" * 900)  # rejected and expired files take no space
+    make_upload(user, Status.EXPIRED, b"x" * 900)
+    make_upload(other_user, Status.READY, b"x" * 900)  # nor do other users'
+
+    refused = start(alice, filename="big.jpg", content_type="image/jpeg", size=401)
+    assert refused.status_code == 403
+    assert error_code(refused) == "quota_exceeded"
+    assert "600 bytes used" in refused.json()["error"]["message"]
+    assert not Upload.objects.filter(filename="big.jpg").exists()
+    assert start(alice, filename="fits.jpg", content_type="image/jpeg", size=400).status_code == 201
+
+    assert alice.delete(f"/api/uploads/{kept['id']}/").status_code == 204
+    assert start(alice, filename="big.jpg", content_type="image/jpeg", size=401).status_code == 201
+
+
 def test_api_errors_keep_their_json_shape_for_wrong_methods_and_addresses(alice: Client) -> None:
     response = alice.put("/api/uploads/")
     assert response.status_code == 405

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from uploads import filetypes, s3
@@ -70,6 +70,11 @@ class UploadQuerySet(models.QuerySet["Upload"]):
         return self.filter(
             Q(status=Status.PENDING, created_at__gte=usable_since) | Q(status=Status.PROCESSING)
         )
+
+    def stored_bytes(self) -> int:
+        """Bytes these uploads take or may take in the bucket: all but rejected and expired."""
+        kept = self.exclude(status__in=(Status.REJECTED, Status.EXPIRED))
+        return int(kept.aggregate(total=Sum("size"))["total"] or 0)
 
     def stale(self, cutoff: datetime) -> UploadQuerySet:
         """Pending uploads created before `cutoff`: their form has long expired."""

@@ -20,6 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -316,6 +317,11 @@ def form_error(form: StartUploadForm) -> JsonResponse:
     return error(code, found[code])
 
 
+def human_bytes(count: int) -> str:
+    # Plain spaces: the message is JSON text, not HTML.
+    return str(filesizeformat(count)).replace("\xa0", " ")
+
+
 def start_upload(request: HttpRequest) -> HttpResponse:
     body = read_json(request)
     if body is None:
@@ -331,8 +337,18 @@ def start_upload(request: HttpRequest) -> HttpResponse:
             "wait for some to finish.",
             status=429,
         )
-    # The cap is checked, then the row made: concurrent requests may pass it by
-    # a few, which is fine for a guard against abuse.
+    quota = settings.UPLOAD_USER_QUOTA_BYTES
+    if quota:
+        used = Upload.objects.owned_by(user).stored_bytes()
+        if used + form.cleaned_data["size"] > quota:
+            return error(
+                "quota_exceeded",
+                f"This file would take you past your {human_bytes(quota)} of storage "
+                f"({human_bytes(used)} used): delete some files first.",
+                status=403,
+            )
+    # The caps are checked, then the row made: concurrent requests may pass
+    # them by a few, which is fine for a guard against abuse.
     upload = Upload.start(user, **form.cleaned_data)
     expires_in = settings.UPLOAD_URL_EXPIRES
     try:
