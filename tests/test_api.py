@@ -418,16 +418,16 @@ def test_upload_page_carries_the_limits(alice: Client) -> None:
     assert str(settings.UPLOAD_MAX_BYTES).encode() in response.content
 
 
+CAROL_SIGNS_UP = {
+    "username": "carol",
+    "email": "carol@example.com",
+    "password1": "a-long-passphrase-42",
+    "password2": "a-long-passphrase-42",
+}
+
+
 def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
-    response = client.post(
-        "/accounts/signup/",
-        {
-            "username": "carol",
-            "email": "carol@example.com",
-            "password1": "a-long-passphrase-42",
-            "password2": "a-long-passphrase-42",
-        },
-    )
+    response = client.post("/accounts/signup/", CAROL_SIGNS_UP)
     assert response.status_code == 302
     assert client.get("/").status_code == 200
 
@@ -445,15 +445,7 @@ def test_signup_racing_another_for_the_same_username_shows_the_form_again(
         return str(form.cleaned_data["username"])
 
     with mock.patch.object(SignUpForm, "clean_username", checked_before_the_other_committed):
-        response = client.post(
-            "/accounts/signup/",
-            {
-                "username": "carol",
-                "email": "carol@example.com",
-                "password1": "a-long-passphrase-42",
-                "password2": "a-long-passphrase-42",
-            },
-        )
+        response = client.post("/accounts/signup/", CAROL_SIGNS_UP)
 
     assert response.status_code == 200
     assert "already exists" in response.content.decode()

@@ -229,15 +229,23 @@ def test_sign_up_sends_a_confirmation_link_and_no_upload_email_until_it_is_follo
     assert Notification.objects.get(upload=upload).emailed_at is not None
 
 
-def test_following_the_link_asks_first_then_confirms(
+@pytest.fixture
+def carols_link(
     client: Client,
     mailoutbox: list[Any],
     eager_tasks: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:
+) -> str:
+    """Carol signs up with `client`; the path of the link emailed to her."""
     with django_capture_on_commit_callbacks(execute=True):
         sign_up(client)
-    link = link_in(mailoutbox[0])
+    return link_in(mailoutbox[0])
+
+
+def test_following_the_link_asks_first_then_confirms(
+    client: Client, mailoutbox: list[Any], carols_link: str
+) -> None:
+    link = carols_link
     anonymous = Client()  # the link may be opened anywhere, signed in or not
 
     shown = anonymous.get(link)
@@ -258,16 +266,9 @@ def test_following_the_link_asks_first_then_confirms(
 
 @pytest.mark.parametrize("case", ["tampered", "address changed", "expired"])
 def test_a_link_that_is_not_valid_confirms_nothing(
-    client: Client,
-    mailoutbox: list[Any],
-    eager_tasks: None,
-    django_capture_on_commit_callbacks: Any,
-    settings: Any,
-    case: str,
+    client: Client, carols_link: str, settings: Any, case: str
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        sign_up(client)
-    link = link_in(mailoutbox[0])
+    link = carols_link
     if case == "tampered":
         link = link.replace("/confirm-email/", "/confirm-email/x")
     elif case == "address changed":
@@ -282,14 +283,8 @@ def test_a_link_that_is_not_valid_confirms_nothing(
 
 
 def test_the_link_can_be_sent_again_but_not_in_a_burst(
-    client: Client,
-    mailoutbox: list[Any],
-    eager_tasks: None,
-    django_capture_on_commit_callbacks: Any,
+    client: Client, mailoutbox: list[Any], eager_tasks: None, carols_link: str
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        sign_up(client)
-
     client.post("/accounts/confirm-email/resend")  # at once: refused
     assert len(mailoutbox) == 1
     UnconfirmedEmail.objects.update(sent_at=timezone.now() - timedelta(minutes=3))
