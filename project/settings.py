@@ -159,6 +159,8 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Failed attempts are kept (and cleared on success); successful sign-ins are
 # not logged row by row.
 AXES_DISABLE_ACCESS_LOG = True
+# No start-up banner in every process (it would precede commands' own output).
+AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload_page"
@@ -389,6 +391,8 @@ LOGGING = {
         "botocore": {"level": "WARNING"},
         "boto3": {"level": "WARNING"},
         "werkzeug": {"level": "WARNING"},
+        # Lockouts are warnings; the routine bookkeeping of each sign-in is not news.
+        "axes": {"level": "WARNING"},
         "django.db.backends": {"level": "INFO"},
     },
 }
