@@ -287,6 +287,31 @@ def test_reprocess_action_regenerates_thumbnails(
     assert "1 skipped" in messages_of(response)[0]
 
 
+def test_staff_fix_failed_and_stuck_uploads_with_the_reprocess_action(
+    admin_client: Client,
+    user: Any,
+    eager_tasks: None,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    settings.THUMBNAIL_SIZES = [64]
+    failed = make_upload(user, Status.FAILED, jpeg_bytes(), error="Storage was down.")
+    stuck = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
+    Upload.objects.filter(pk=stuck.pk).update(updated_at=long_ago)
+
+    detail = admin_client.get(f"{UPLOADS}{failed.pk}/change/").content.decode()
+    assert "Storage was down." in detail  # why it failed
+    with django_capture_on_commit_callbacks(execute=True):
+        response = act(admin_client, "reprocess", failed, stuck, follow=True)
+
+    assert "processing for 1 failed uploads and 1 stuck in processing" in messages_of(response)[0]
+    for upload in (failed, stuck):
+        upload.refresh_from_db()
+        assert upload.status == Status.READY, upload.error
+        assert upload.thumbnails.get().name == "64"
+
+
 def test_resend_action_emails_the_outcome_again(
     admin_client: Client,
     user: Any,

@@ -270,6 +270,22 @@ def test_reprocess_sends_failed_uploads_back_through_processing(
     assert "processing for 1 failed uploads" in output
 
 
+def test_reprocess_queues_again_an_upload_stuck_in_processing(
+    user: Any, eager_tasks: None, settings: Any
+) -> None:
+    settings.THUMBNAIL_SIZES = [64]
+    stuck = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    on_time = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
+    Upload.objects.filter(pk=stuck.pk).update(updated_at=long_ago)
+
+    output = run("reprocess_uploads", "--status", "processing")
+
+    assert Upload.objects.get(pk=stuck.pk).status == Status.READY
+    assert Upload.objects.get(pk=on_time.pk).status == Status.PROCESSING  # its task may still run
+    assert "and 1 stuck in processing" in output
+
+
 def test_reprocess_dry_run_changes_nothing(
     user: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -328,11 +328,12 @@ class UploadAdmin(admin.ModelAdmin):
             logger.exception("queueing reprocessing failed")
             self.message_user(request, f"Queueing failed: {error}", messages.ERROR)
             return
-        skipped = queryset.count() - result.thumbnails - result.retried
+        skipped = queryset.count() - result.thumbnails - result.retried - result.restarted
         self.message_user(
             request,
-            f"Queued thumbnails for {result.thumbnails} ready images and processing for "
-            f"{result.retried} failed uploads; {skipped} skipped (not ready images, not failed).",
+            f"Queued thumbnails for {result.thumbnails} ready images, processing for "
+            f"{result.retried} failed uploads and {result.restarted} stuck in processing; "
+            f"{skipped} skipped (pending, rejected, expired, or processing on time).",
             messages.SUCCESS,
         )
 

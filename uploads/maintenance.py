@@ -31,6 +31,7 @@ from uploads.models import (
     Status,
     Thumbnail,
     Upload,
+    UploadQuerySet,
     delete_objects_after_commit,
 )
 
@@ -44,7 +45,7 @@ PAGE = s3.DELETE_BATCH
 # Statuses whose original the system deletes: their objects are garbage too.
 DISCARDED = (Status.EXPIRED, Status.REJECTED)
 # Statuses reprocess_uploads knows what to do with.
-REPROCESSABLE = (Status.READY, Status.FAILED)
+REPROCESSABLE = (Status.READY, Status.FAILED, Status.PROCESSING)
 NEVER_ARRIVED = "The file never arrived."
 # An email still unsent this long after its notification was never queued.
 UNSENT_EMAIL_GRACE = timedelta(minutes=15)
@@ -137,15 +138,16 @@ def cleanup(
     return result
 
 
-def restart_stuck(dry_run: bool = False) -> int:
-    """Queue processing again for uploads whose task was lost; returns how many.
+def restart_stuck(dry_run: bool = False, uploads: UploadQuerySet | None = None) -> int:
+    """Queue processing again for uploads (of `uploads`) whose task was lost; returns how many.
 
     The touch of updated_at is the claim: two cleanups at once queue it once.
     """
     from uploads.tasks import process_upload
 
+    stuck = (Upload.objects.all() if uploads is None else uploads).stuck()
     restarted = 0
-    for pks in pk_chunks(Upload.objects.stuck()):
+    for pks in pk_chunks(stuck):
         for pk in pks:
             if dry_run or Upload.objects.stuck().filter(pk=pk).update(updated_at=timezone.now()):
                 if not dry_run:
@@ -299,6 +301,8 @@ class ReprocessResult:
     thumbnails: int = 0
     # Failed uploads sent back to processing.
     retried: int = 0
+    # Uploads stuck in processing (their task lost) queued again.
+    restarted: int = 0
 
 
 def reprocess(
@@ -308,7 +312,8 @@ def reprocess(
     progress: Progress = _quiet,
     chunk_size: int = 500,
 ) -> ReprocessResult:
-    """Make thumbnails again for the ready images among `uploads` and retry the failed ones.
+    """Make thumbnails again for the ready images among `uploads`, retry the failed ones
+    and queue again those stuck in processing.
 
     Without `force`, only images lacking a current thumbnail size are queued,
     and only the missing sizes are made. Other statuses are skipped.
@@ -333,6 +338,8 @@ def reprocess(
         )
         sent = "Would send" if dry_run else "Sent"
         progress(f"{sent} {result.retried:,} failed uploads back to processing.")
+    processing = uploads.filter(status=Status.PROCESSING).values("pk")
+    result.restarted = restart_stuck(dry_run, Upload.objects.filter(pk__in=processing))
     return result
 
 

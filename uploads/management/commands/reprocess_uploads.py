@@ -81,5 +81,5 @@ class Command(BaseCommand):
         verb = "Dry run: would queue" if dry_run else "Queued"
         self.stdout.write(
             f"{verb} thumbnails for {result.thumbnails:,} ready images and processing for "
-            f"{result.retried:,} failed uploads."
+            f"{result.retried:,} failed uploads and {result.restarted:,} stuck in processing."
         )
