@@ -1,8 +1,17 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+
+from uploads.forms import ConfirmedPasswordResetForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Before Django's own, which it replaces: resets reach confirmed addresses only.
+    path(
+        "accounts/password_reset/",
+        auth_views.PasswordResetView.as_view(form_class=ConfirmedPasswordResetForm),
+        name="password_reset",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("uploads.urls")),
 ]

@@ -293,3 +293,18 @@ def test_the_link_can_be_sent_again_but_not_in_a_burst(
     assert len(mailoutbox) == 2
     assert "We sent a new link to carol@example.com" in followed.content.decode()
     assert Client().post("/accounts/confirm-email/resend").status_code == 302  # to sign in
+
+
+def test_password_resets_reach_confirmed_addresses_only(
+    client: Client, mailoutbox: list[Any], carols_link: str, user: Any
+) -> None:
+    mailoutbox.clear()
+    anonymous = Client()
+
+    anonymous.post("/accounts/password_reset/", {"email": "carol@example.com"})
+    assert mailoutbox == []  # carol's address is not confirmed yet
+
+    anonymous.post(carols_link)
+    anonymous.post("/accounts/password_reset/", {"email": "carol@example.com"})
+    anonymous.post("/accounts/password_reset/", {"email": user.email})  # made by staff: trusted
+    assert sorted(m.to[0] for m in mailoutbox) == ["alice@example.com", "carol@example.com"]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import PasswordResetForm, UserCreationForm
 from django.contrib.auth.models import User
 
 from uploads import filetypes
@@ -61,3 +62,18 @@ class SignUpForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):  # type: ignore[name-defined]
         model = User
         fields = ("username", "email")
+
+
+class ConfirmedPasswordResetForm(PasswordResetForm):
+    """Password resets go to confirmed addresses only.
+
+    An address typed into the sign-up form is anyone's until its link is
+    followed; resets must not become a way to mail it.
+    """
+
+    def get_users(self, email: str) -> Any:
+        from uploads.models import UnconfirmedEmail
+
+        return (
+            user for user in super().get_users(email) if not UnconfirmedEmail.is_unconfirmed(user)
+        )
