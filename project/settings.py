@@ -84,8 +84,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "axes.middleware.AxesMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as its documentation asks; outside CSP, so its lockout page has
+    # the policy too.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if not DEBUG:
@@ -161,6 +163,11 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_DISABLE_ACCESS_LOG = True
 # No start-up banner in every process (it would precede commands' own output).
 AXES_VERBOSE = False
+# Behind a proxy every request comes from the proxy's address: the client's
+# is the one the proxy appended to X-Forwarded-For.
+BEHIND_HTTPS_PROXY = env_bool("BEHIND_HTTPS_PROXY", False)
+if BEHIND_HTTPS_PROXY:
+    AXES_CLIENT_IP_CALLABLE = "uploads.views.client_address"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload_page"
@@ -220,7 +227,13 @@ STORAGE_ORIGINS = env_list(
     else [
         f"https://{AWS_STORAGE_BUCKET_NAME}.s3.amazonaws.com",
         f"https://{AWS_STORAGE_BUCKET_NAME}.s3.{AWS_S3_REGION_NAME}.amazonaws.com",
-    ],
+    ]
+    # A bucket name with dots cannot be a TLS host name: path-style URLs.
+    + (
+        ["https://s3.amazonaws.com", f"https://s3.{AWS_S3_REGION_NAME}.amazonaws.com"]
+        if "." in AWS_STORAGE_BUCKET_NAME
+        else []
+    ),
 )
 # No inline script or style anywhere (the admin's included): a script that
 # slips into a page through a filename or a bug has nowhere to run.
@@ -373,7 +386,7 @@ if not DEBUG:
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     # Only behind a proxy that sets X-Forwarded-Proto itself (and strips the
     # client's): otherwise anyone could claim HTTPS.
-    if env_bool("BEHIND_HTTPS_PROXY", False):
+    if BEHIND_HTTPS_PROXY:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -292,6 +292,12 @@ class UploadRow {
       const result = await api(`${config.uploadsUrl}${this.upload.id}/`);
       if (!result.ok) {
         if (result.status === 404) return this.setState("error", MESSAGES.not_found);
+        if ([401, 403].includes(result.status)) {
+          return this.setState("error", MESSAGES[result.error.code] || result.error.message);
+        }
+        if (performance.now() - this.pollingSince > GIVE_UP_AFTER) {
+          return this.setState("error", result.error.message || MESSAGES.network);
+        }
         return this.poll(Math.min(delay * 2, 5000));
       }
       this.show(result.data);

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, make_upload, post_to_s3, wait_for
 from uploads import s3
-from uploads.models import Notification, Status, Upload
+from uploads.models import Notification, Status, UnconfirmedEmail, Upload
 
 pytestmark = pytest.mark.django_db
 
@@ -432,6 +432,30 @@ def test_signup_creates_an_account_and_signs_in(client: Client) -> None:
     assert client.get("/").status_code == 200
 
 
+def test_signup_works_while_the_broker_is_down_and_the_link_can_be_sent_later(
+    client: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    from unittest import mock
+
+    from kombu.exceptions import OperationalError
+
+    from uploads.tasks import send_confirmation_email
+
+    with (
+        mock.patch.object(send_confirmation_email, "delay", side_effect=OperationalError),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = client.post("/accounts/signup/", CAROL_SIGNS_UP)
+        assert response.status_code == 302
+        assert client.get("/").status_code == 200  # signed in
+
+        # Asking again while it is still down says so, and keeps the way open.
+        UnconfirmedEmail.objects.update(sent_at=timezone.now() - timedelta(minutes=3))
+        again = client.post("/accounts/confirm-email/resend", follow=True)
+    assert "could not be sent just now" in again.content.decode()
+    assert UnconfirmedEmail.objects.get().sent_at < timezone.now() - timedelta(minutes=2)
+
+
 def test_signup_racing_another_for_the_same_username_shows_the_form_again(
     client: Client, django_user_model: Any
 ) -> None:
@@ -476,6 +500,30 @@ def test_sign_in_is_refused_after_repeated_wrong_passwords_until_the_lockout_end
 
     AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=16))
     assert sign_in("alice", "pw-alice-1234").status_code == 302
+
+
+def test_behind_a_proxy_a_lockout_holds_one_client_address_not_the_proxys(
+    client: Client, user: Any, settings: Any
+) -> None:
+    settings.AXES_CLIENT_IP_CALLABLE = "uploads.views.client_address"
+
+    def sign_in(client_address: str, password: str) -> Any:
+        # The client may send an X-Forwarded-For of its own; the proxy appends.
+        forwarded = f"203.0.113.9, {client_address}"
+        return client.post(
+            "/accounts/login/",
+            {"username": "alice", "password": password},
+            HTTP_X_FORWARDED_FOR=forwarded,
+            REMOTE_ADDR="10.0.0.2",  # every request comes from the load balancer
+        )
+
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        sign_in("198.51.100.7", "a wrong guess")
+    locked = sign_in("198.51.100.7", "pw-alice-1234")
+    assert locked.status_code == 429
+    assert "Content-Security-Policy" in locked  # the lockout page has the policy too
+
+    assert sign_in("192.0.2.44", "pw-alice-1234").status_code == 302  # alice, elsewhere
 
 
 def test_pages_forbid_inline_script_and_allow_only_the_storage_origin(alice: Client) -> None:
@@ -579,6 +627,13 @@ def test_a_file_past_the_users_storage_quota_is_refused_until_space_is_freed(
 
     assert alice.delete(f"/api/uploads/{kept['id']}/").status_code == 204
     assert start(alice, filename="big.jpg", content_type="image/jpeg", size=401).status_code == 201
+
+    # A form nobody used, once expired, holds no space even before cleanup.
+    abandoned = Upload.objects.filter(owner=user, status=Status.PENDING)
+    abandoned.update(created_at=timezone.now() - timedelta(hours=1))
+    assert (
+        start(alice, filename="later.jpg", content_type="image/jpeg", size=999).status_code == 201
+    )
 
 
 def test_api_errors_keep_their_json_shape_for_wrong_methods_and_addresses(alice: Client) -> None:

@@ -72,8 +72,16 @@ class UploadQuerySet(models.QuerySet["Upload"]):
         )
 
     def stored_bytes(self) -> int:
-        """Bytes these uploads take or may take in the bucket: all but rejected and expired."""
-        kept = self.exclude(status__in=(Status.REJECTED, Status.EXPIRED))
+        """Bytes these uploads take or may take in the bucket.
+
+        Rejected and expired uploads keep nothing; a pending one counts only
+        while its form is usable, so abandoned forms do not hold space until
+        cleanup_uploads expires them.
+        """
+        usable_since = timezone.now() - timedelta(seconds=settings.UPLOAD_URL_EXPIRES)
+        kept = self.exclude(status__in=(Status.REJECTED, Status.EXPIRED)).exclude(
+            status=Status.PENDING, created_at__lt=usable_since
+        )
         return int(kept.aggregate(total=Sum("size"))["total"] or 0)
 
     def stale(self, cutoff: datetime) -> UploadQuerySet:

@@ -17,7 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
@@ -236,7 +236,9 @@ def signup(request: HttpRequest) -> HttpResponse:
             with transaction.atomic():
                 user = form.save()
                 UnconfirmedEmail.objects.create(user=user)
-                send_confirmation_email.delay_on_commit(user.pk)
+                # Robust: a broker outage must not turn a made account into a
+                # 500; the user can ask for the link again from the page.
+                transaction.on_commit(lambda: send_confirmation_email.delay(user.pk), robust=True)
         except IntegrityError:
             # The same username taken by a sign-up a moment ago, after our check.
             form.add_error("username", "A user with that username already exists.")
@@ -271,11 +273,30 @@ def confirm_email(request: HttpRequest, token: str) -> HttpResponse:
 def resend_confirmation(request: HttpRequest) -> HttpResponse:
     user = signed_in_user(request)
     if UnconfirmedEmail.claim_resend(user, every=RESEND_CONFIRMATION_EVERY):
-        send_confirmation_email.delay(user.pk)
+        try:
+            send_confirmation_email.delay(user.pk)
+        except (KombuError, OSError):
+            logger.exception("could not queue the confirmation email of user %s", user.pk)
+            UnconfirmedEmail.objects.filter(user=user).update(
+                sent_at=F("sent_at") - RESEND_CONFIRMATION_EVERY
+            )
+            messages.error(request, "The link could not be sent just now; try again in a minute.")
+            return redirect("upload_page")
         messages.success(request, f"We sent a new link to {user.email}.")
     elif UnconfirmedEmail.is_unconfirmed(user):
         messages.info(request, "We sent a link a moment ago; look in your inbox (and spam folder).")
     return redirect("upload_page")
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The client's address behind one proxy: the last one X-Forwarded-For names.
+
+    Entries before it were sent by the client and prove nothing; the proxy
+    appends the address it saw.
+    """
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
+    return addresses[-1] if addresses else request.META.get("REMOTE_ADDR")
 
 
 # --- Uploads API ---
@@ -322,14 +343,8 @@ def human_bytes(count: int) -> str:
     return str(filesizeformat(count)).replace("\xa0", " ")
 
 
-def start_upload(request: HttpRequest) -> HttpResponse:
-    body = read_json(request)
-    if body is None:
-        return error("invalid", "The request body must be a JSON object.")
-    form = StartUploadForm(body)
-    if not form.is_valid():
-        return form_error(form)
-    user = signed_in_user(request)
+def refuse_over_caps(user: User, size: int) -> JsonResponse | None:
+    """The error for a user past the in-flight cap or the storage quota, or None."""
     if Upload.objects.owned_by(user).in_flight().count() >= settings.UPLOAD_MAX_IN_FLIGHT:
         return error(
             "too_many_uploads",
@@ -340,16 +355,32 @@ def start_upload(request: HttpRequest) -> HttpResponse:
     quota = settings.UPLOAD_USER_QUOTA_BYTES
     if quota:
         used = Upload.objects.owned_by(user).stored_bytes()
-        if used + form.cleaned_data["size"] > quota:
+        if used + size > quota:
             return error(
                 "quota_exceeded",
                 f"This file would take you past your {human_bytes(quota)} of storage "
                 f"({human_bytes(used)} used): delete some files first.",
                 status=403,
             )
-    # The caps are checked, then the row made: concurrent requests may pass
-    # them by a few, which is fine for a guard against abuse.
-    upload = Upload.start(user, **form.cleaned_data)
+    return None
+
+
+def start_upload(request: HttpRequest) -> HttpResponse:
+    body = read_json(request)
+    if body is None:
+        return error("invalid", "The request body must be a JSON object.")
+    form = StartUploadForm(body)
+    if not form.is_valid():
+        return form_error(form)
+    user = signed_in_user(request)
+    # One start at a time per user, so that parallel requests cannot all pass
+    # the caps below together.
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        refusal = refuse_over_caps(user, form.cleaned_data["size"])
+        if refusal is not None:
+            return refusal
+        upload = Upload.start(user, **form.cleaned_data)
     expires_in = settings.UPLOAD_URL_EXPIRES
     try:
         post = s3.presigned_post(upload.key, upload.content_type, upload.size, expires_in)
