@@ -166,8 +166,10 @@ AXES_VERBOSE = False
 # Behind a proxy every request comes from the proxy's address: the client's
 # is the one the proxy appended to X-Forwarded-For.
 BEHIND_HTTPS_PROXY = env_bool("BEHIND_HTTPS_PROXY", False)
-if BEHIND_HTTPS_PROXY:
-    AXES_CLIENT_IP_CALLABLE = "uploads.views.client_address"
+AXES_CLIENT_IP_CALLABLE = "uploads.views.client_address"
+# Unconfirmed sign-ups one client address may make in an hour: each mails
+# an address typed into the form.
+SIGNUPS_PER_ADDRESS_PER_HOUR = env_int("SIGNUPS_PER_ADDRESS_PER_HOUR", 5)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload_page"

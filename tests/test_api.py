@@ -456,6 +456,24 @@ def test_signup_works_while_the_broker_is_down_and_the_link_can_be_sent_later(
     assert UnconfirmedEmail.objects.get().sent_at < timezone.now() - timedelta(minutes=2)
 
 
+def test_signups_from_one_address_are_capped_per_hour(
+    client: Client, settings: Any, django_user_model: Any
+) -> None:
+    settings.SIGNUPS_PER_ADDRESS_PER_HOUR = 2
+    for n in range(2):
+        made = Client().post("/accounts/signup/", {**CAROL_SIGNS_UP, "username": f"carol{n}"})
+        assert made.status_code == 302
+
+    refused = client.post("/accounts/signup/", {**CAROL_SIGNS_UP, "username": "carol9"})
+
+    assert refused.status_code == 429
+    assert "Too many accounts" in refused.content.decode()
+    assert not django_user_model.objects.filter(username="carol9").exists()
+    from_elsewhere = Client(REMOTE_ADDR="198.51.100.7")
+    signed_up = from_elsewhere.post("/accounts/signup/", {**CAROL_SIGNS_UP, "username": "carol9"})
+    assert signed_up.status_code == 302
+
+
 def test_signup_racing_another_for_the_same_username_shows_the_form_again(
     client: Client, django_user_model: Any
 ) -> None:
@@ -505,7 +523,7 @@ def test_sign_in_is_refused_after_repeated_wrong_passwords_until_the_lockout_end
 def test_behind_a_proxy_a_lockout_holds_one_client_address_not_the_proxys(
     client: Client, user: Any, settings: Any
 ) -> None:
-    settings.AXES_CLIENT_IP_CALLABLE = "uploads.views.client_address"
+    settings.BEHIND_HTTPS_PROXY = True
 
     def sign_in(client_address: str, password: str) -> Any:
         # The client may send an X-Forwarded-For of its own; the proxy appends.

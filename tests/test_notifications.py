@@ -295,6 +295,17 @@ def test_the_link_can_be_sent_again_but_not_in_a_burst(
     assert Client().post("/accounts/confirm-email/resend").status_code == 302  # to sign in
 
 
+def test_the_link_is_sent_again_a_few_times_at_most(
+    client: Client, mailoutbox: list[Any], eager_tasks: None, carols_link: str
+) -> None:
+    for _ in range(UnconfirmedEmail.MAX_RESENDS + 2):
+        UnconfirmedEmail.objects.update(sent_at=timezone.now() - timedelta(minutes=3))
+        last = client.post("/accounts/confirm-email/resend", follow=True)
+
+    assert len(mailoutbox) == 1 + UnconfirmedEmail.MAX_RESENDS
+    assert "sent several times already" in last.content.decode()
+
+
 def test_password_resets_reach_confirmed_addresses_only(
     client: Client, mailoutbox: list[Any], carols_link: str, user: Any
 ) -> None:

@@ -502,12 +502,19 @@ class NotificationAdmin(admin.ModelAdmin):
 class UnconfirmedEmailAdmin(admin.ModelAdmin):
     """Signed-up addresses not yet confirmed; deleting a row trusts the address."""
 
-    list_display = ("user", "address", "sent_at")
-    search_fields = ("user__username", "user__email")
+    list_display = ("user", "address", "created_at", "sent_at", "resends", "signup_address")
+    search_fields = ("user__username", "user__email", "signup_address")
     list_select_related = ("user",)
     show_full_result_count = False
     ordering = ("-sent_at",)
-    fields = readonly_fields = ("user", "address", "sent_at")
+    fields = readonly_fields = (
+        "user",
+        "address",
+        "created_at",
+        "sent_at",
+        "resends",
+        "signup_address",
+    )
 
     @admin.display(description="email address", ordering="user__email")
     def address(self, obj: UnconfirmedEmail) -> str:

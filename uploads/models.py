@@ -404,10 +404,22 @@ class UnconfirmedEmail(models.Model):
     staff (the admin, createsuperuser) have no row: their address is trusted.
     """
 
+    # Links sent again after the first, at most MAX_RESENDS.
+    MAX_RESENDS = 5
+
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="unconfirmed_email"
     )
     sent_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Where the sign-up came from, to cap sign-ups from one address.
+    signup_address = models.GenericIPAddressField(null=True, blank=True)
+    resends = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["signup_address", "created_at"], name="unconfirmed_by_address")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} (unconfirmed)"
@@ -417,7 +429,22 @@ class UnconfirmedEmail(models.Model):
         return cls.objects.filter(user=user).exists()
 
     @classmethod
+    def recent_signups_from(cls, address: str | None, within: timedelta) -> int:
+        """Unconfirmed sign-ups made from `address` in the last `within`."""
+        if not address:
+            return 0
+        since = timezone.now() - within
+        return cls.objects.filter(signup_address=address, created_at__gte=since).count()
+
+    @classmethod
     def claim_resend(cls, user: Any, every: timedelta) -> bool:
-        """True if the confirmation may be sent again now (at most once per `every`)."""
+        """True if the confirmation may be sent again now.
+
+        At most once per `every` and MAX_RESENDS times in all, so the form
+        cannot be used to mail an address over and over.
+        """
         now = timezone.now()
-        return bool(cls.objects.filter(user=user, sent_at__lt=now - every).update(sent_at=now))
+        claimable = cls.objects.filter(
+            user=user, sent_at__lt=now - every, resends__lt=cls.MAX_RESENDS
+        )
+        return bool(claimable.update(sent_at=now, resends=models.F("resends") + 1))

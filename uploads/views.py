@@ -231,11 +231,19 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("upload_page")
     form = SignUpForm(request.POST or None)
+    address = client_address(request)
     if request.method == "POST" and form.is_valid():
+        limit = settings.SIGNUPS_PER_ADDRESS_PER_HOUR
+        if UnconfirmedEmail.recent_signups_from(address, timedelta(hours=1)) >= limit:
+            logger.warning("sign-up refused: %s made %s accounts in the last hour", address, limit)
+            form.add_error(
+                None, "Too many accounts were made from your network lately; try again later."
+            )
+            return render(request, "registration/signup.html", {"form": form}, status=429)
         try:
             with transaction.atomic():
                 user = form.save()
-                UnconfirmedEmail.objects.create(user=user)
+                UnconfirmedEmail.objects.create(user=user, signup_address=address)
                 # Robust: a broker outage must not turn a made account into a
                 # 500; the user can ask for the link again from the page.
                 transaction.on_commit(lambda: send_confirmation_email.delay(user.pk), robust=True)
@@ -278,22 +286,33 @@ def resend_confirmation(request: HttpRequest) -> HttpResponse:
         except (KombuError, OSError):
             logger.exception("could not queue the confirmation email of user %s", user.pk)
             UnconfirmedEmail.objects.filter(user=user).update(
-                sent_at=F("sent_at") - RESEND_CONFIRMATION_EVERY
+                sent_at=F("sent_at") - RESEND_CONFIRMATION_EVERY, resends=F("resends") - 1
             )
             messages.error(request, "The link could not be sent just now; try again in a minute.")
             return redirect("upload_page")
         messages.success(request, f"We sent a new link to {user.email}.")
+    elif UnconfirmedEmail.objects.filter(
+        user=user, resends__gte=UnconfirmedEmail.MAX_RESENDS
+    ).exists():
+        messages.info(
+            request,
+            "The link has been sent several times already: look in your inbox and spam "
+            "folder, or ask an administrator to confirm your address.",
+        )
     elif UnconfirmedEmail.is_unconfirmed(user):
         messages.info(request, "We sent a link a moment ago; look in your inbox (and spam folder).")
     return redirect("upload_page")
 
 
 def client_address(request: HttpRequest) -> str | None:
-    """The client's address behind one proxy: the last one X-Forwarded-For names.
+    """The client's address; behind a proxy, the last one X-Forwarded-For names.
 
-    Entries before it were sent by the client and prove nothing; the proxy
-    appends the address it saw.
+    Entries before that were sent by the client and prove nothing; the proxy
+    appends the address it saw. Without BEHIND_HTTPS_PROXY the header is
+    anyone's to forge, so the connection's address is used.
     """
+    if not settings.BEHIND_HTTPS_PROXY:
+        return request.META.get("REMOTE_ADDR")
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
     return addresses[-1] if addresses else request.META.get("REMOTE_ADDR")
