@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,18 @@ def make_upload(owner: Any, status: str, body: bytes | None = None, **fields: An
         status=status,
         **fields,
     )
+
+
+def make_stuck(owner: Any) -> Upload:
+    """An upload left processing longer than any task may run: its task was lost."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    upload = make_upload(owner, "processing", jpeg_bytes())
+    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
+    Upload.objects.filter(pk=upload.pk).update(updated_at=long_ago)
+    upload.refresh_from_db()
+    return upload
 
 
 def add_thumbnail(upload: Upload, name: str) -> Thumbnail:

@@ -13,7 +13,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_upload
+from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_stuck, make_upload
 from uploads.admin import CappedCountPaginator
 from uploads.models import Notification, Status, UnconfirmedEmail, Upload
 
@@ -296,9 +296,7 @@ def test_staff_fix_failed_and_stuck_uploads_with_the_reprocess_action(
 ) -> None:
     settings.THUMBNAIL_SIZES = [64]
     failed = make_upload(user, Status.FAILED, jpeg_bytes(), error="Storage was down.")
-    stuck = make_upload(user, Status.PROCESSING, jpeg_bytes())
-    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
-    Upload.objects.filter(pk=stuck.pk).update(updated_at=long_ago)
+    stuck = make_stuck(user)
 
     detail = admin_client.get(f"{UPLOADS}{failed.pk}/change/").content.decode()
     assert "Storage was down." in detail  # why it failed

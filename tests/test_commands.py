@@ -16,7 +16,7 @@ from django.core import mail
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_upload
+from tests.conftest import add_thumbnail, exists, jpeg_bytes, make_stuck, make_upload
 from uploads import maintenance, s3
 from uploads.models import Notification, Status, Upload
 
@@ -146,9 +146,7 @@ def test_cleanup_dry_run_counts_a_rescuable_upload_as_kept_not_orphaned(
 def test_cleanup_dry_run_leaves_lost_tasks_and_unsent_emails_alone(
     user: Any, empty_bucket: None, short_forms: None, eager_tasks: None, settings: Any
 ) -> None:
-    lost = make_upload(user, Status.PROCESSING, jpeg_bytes())
-    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
-    Upload.objects.filter(pk=lost.pk).update(updated_at=long_ago)
+    lost = make_stuck(user)
     notification = Notification.objects.create(
         owner=user, upload=lost, kind="ready", message="lost.jpg is ready."
     )
@@ -159,7 +157,7 @@ def test_cleanup_dry_run_leaves_lost_tasks_and_unsent_emails_alone(
     output = run("cleanup_uploads", "--older-than", "2s", "--dry-run")
 
     assert Upload.objects.get(pk=lost.pk).status == Status.PROCESSING
-    assert Upload.objects.get(pk=lost.pk).updated_at == long_ago
+    assert Upload.objects.get(pk=lost.pk).updated_at == lost.updated_at
     assert mail.outbox == []
     assert Notification.objects.get(pk=notification.pk).emailed_at is None
     assert "processing again for 1 uploads" in output
@@ -274,10 +272,8 @@ def test_reprocess_queues_again_an_upload_stuck_in_processing(
     user: Any, eager_tasks: None, settings: Any
 ) -> None:
     settings.THUMBNAIL_SIZES = [64]
-    stuck = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    stuck = make_stuck(user)
     on_time = make_upload(user, Status.PROCESSING, jpeg_bytes())
-    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
-    Upload.objects.filter(pk=stuck.pk).update(updated_at=long_ago)
 
     output = run("reprocess_uploads", "--status", "processing")
 
@@ -441,10 +437,8 @@ def test_cleanup_restarts_uploads_whose_task_was_lost(
     user: Any, empty_bucket: None, short_forms: None, eager_tasks: None, settings: Any
 ) -> None:
     settings.THUMBNAIL_SIZES = [64]
-    lost = make_upload(user, Status.PROCESSING, jpeg_bytes())
+    lost = make_stuck(user)
     busy = make_upload(user, Status.PROCESSING, jpeg_bytes())
-    long_ago = timezone.now() - timedelta(seconds=3 * settings.CELERY_TASK_TIME_LIMIT)
-    Upload.objects.filter(pk=lost.pk).update(updated_at=long_ago)
 
     output = run("cleanup_uploads", "--older-than", "2s")
 

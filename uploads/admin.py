@@ -67,31 +67,32 @@ def parse_uuid(term: str) -> uuid.UUID | None:
 MAX_OWNERS = 100
 
 
-def owners_matching(term: str, limit: int | None = None) -> list[Any]:
-    """Users whose username or email contains the term (any case), at most `limit`
-    (MAX_OWNERS by default).
+def owners_matching(term: str) -> list[Any]:
+    """Users whose username or email contains the term (any case).
 
-    The users table is far smaller than the uploads table, so it is searched
-    first and the uploads are then found through the owner index.
+    At most MAX_OWNERS + 1, so that callers can tell there are more than
+    they search. The users table is far smaller than the uploads table, so
+    it is searched first and the uploads are then found through the owner
+    index.
     """
     users = get_user_model().objects.filter(Q(username__icontains=term) | Q(email__icontains=term))
-    return list(users.order_by("pk").values_list("pk", flat=True)[: limit or MAX_OWNERS])
+    return list(users.order_by("pk").values_list("pk", flat=True)[: MAX_OWNERS + 1])
 
 
-def warn_if_owners_capped(model_admin: admin.ModelAdmin, request: HttpRequest, term: str) -> None:
-    """Say so when a term matches more users than a search looks at."""
-    if parse_uuid(term) is not None or KEY.match(term):
-        return
-    if len(owners_matching(term, MAX_OWNERS + 1)) > MAX_OWNERS:
+def owned_by_matching(model_admin: admin.ModelAdmin, request: HttpRequest, term: str) -> Q:
+    """Rows of the first MAX_OWNERS users matching `term`; says so when more match."""
+    owners = owners_matching(term)
+    if len(owners) > MAX_OWNERS:
         model_admin.message_user(
             request,
             f"More than {MAX_OWNERS} users match {term!r}; only the uploads of the first "
             f"{MAX_OWNERS} are shown. Search for a fuller username or email.",
             messages.WARNING,
         )
+    return Q(owner__in=owners[:MAX_OWNERS])
 
 
-def upload_search(term: str) -> Q:
+def upload_search(model_admin: admin.ModelAdmin, request: HttpRequest, term: str) -> Q:
     """What a search term finds, each kind of term through an index where it can.
 
     An id or a key finds one upload by primary key; an email, its owner's
@@ -104,9 +105,8 @@ def upload_search(term: str) -> Q:
     key = KEY.match(term)
     if key and (upload_id := parse_uuid(key[1])) is not None:
         return Q(pk=upload_id) | Q(file=term)
-    if "@" in term:
-        return Q(owner__in=owners_matching(term))
-    return Q(filename__icontains=term) | Q(owner__in=owners_matching(term))
+    owned = owned_by_matching(model_admin, request, term)
+    return owned if "@" in term else Q(filename__icontains=term) | owned
 
 
 class CappedCountPaginator(Paginator):
@@ -267,8 +267,7 @@ class UploadAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        warn_if_owners_capped(self, request, term)
-        return queryset.filter(upload_search(term)), False
+        return queryset.filter(upload_search(self, request, term)), False
 
     # --- permissions: uploads are made by the API and changed by actions only ---
 
@@ -475,8 +474,7 @@ class NotificationAdmin(admin.ModelAdmin):
         upload_id = parse_uuid(term)
         if upload_id is not None:
             return queryset.filter(upload_id=upload_id), False
-        warn_if_owners_capped(self, request, term)
-        return queryset.filter(owner__in=owners_matching(term)), False
+        return queryset.filter(owned_by_matching(self, request, term)), False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -186,9 +186,10 @@ def expire_stale(
     added to `rescued_keys`. Otherwise it expires, and a file that came late
     is deleted by delete_orphans.
     """
-    expired = rescued = 0
+    expired = rescued = checked = 0
     form_lifetime = timedelta(seconds=settings.UPLOAD_URL_EXPIRES) + CLOCK_SKEW
-    for number, pks in enumerate(pk_chunks(Upload.objects.stale(cutoff)), start=1):
+    for pks in pk_chunks(Upload.objects.stale(cutoff)):
+        checked += len(pks)
         for upload in Upload.objects.filter(pk__in=pks, status=Status.PENDING):
             info = s3.head(upload.key)
             if info is not None and info.last_modified <= upload.created_at + form_lifetime:
@@ -200,7 +201,7 @@ def expire_stale(
                 status=Status.EXPIRED, error=NEVER_ARRIVED, updated_at=timezone.now()
             ):
                 expired += 1
-        progress(f"Checked {number * PAGE:,} stale pending uploads or fewer so far.")
+        progress(f"Checked {checked:,} stale pending uploads so far.")
     return expired, rescued
 
 

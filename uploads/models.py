@@ -60,16 +60,19 @@ def delete_objects_after_commit(
     transaction.on_commit(delete)
 
 
+def usable_form() -> Q:
+    """Pending uploads whose form may still be posted."""
+    usable_since = timezone.now() - timedelta(seconds=settings.UPLOAD_URL_EXPIRES)
+    return Q(status=Status.PENDING, created_at__gte=usable_since)
+
+
 class UploadQuerySet(models.QuerySet["Upload"]):
     def owned_by(self, user: Any) -> UploadQuerySet:
         return self.filter(owner=user)
 
     def in_flight(self) -> UploadQuerySet:
         """Forms handed out and still usable, and uploads being processed."""
-        usable_since = timezone.now() - timedelta(seconds=settings.UPLOAD_URL_EXPIRES)
-        return self.filter(
-            Q(status=Status.PENDING, created_at__gte=usable_since) | Q(status=Status.PROCESSING)
-        )
+        return self.filter(usable_form() | Q(status=Status.PROCESSING))
 
     def stored_bytes(self) -> int:
         """Bytes these uploads take or may take in the bucket.
@@ -78,9 +81,8 @@ class UploadQuerySet(models.QuerySet["Upload"]):
         while its form is usable, so abandoned forms do not hold space until
         cleanup_uploads expires them.
         """
-        usable_since = timezone.now() - timedelta(seconds=settings.UPLOAD_URL_EXPIRES)
-        kept = self.exclude(status__in=(Status.REJECTED, Status.EXPIRED)).exclude(
-            status=Status.PENDING, created_at__lt=usable_since
+        kept = self.filter(
+            ~Q(status__in=(Status.REJECTED, Status.EXPIRED, Status.PENDING)) | usable_form()
         )
         return int(kept.aggregate(total=Sum("size"))["total"] or 0)
 
@@ -261,10 +263,17 @@ class Upload(models.Model):
         with transaction.atomic():
             moved = self.finish(Status.REJECTED, reason, expected=expected)
             if moved:
-                keys = self.object_keys()
-                self.thumbnails.all().delete()
-                delete_objects_after_commit(keys)
+                self.discard_thumbnails()
+                delete_objects_after_commit([self.key])
         return moved
+
+    def discard_thumbnails(self) -> None:
+        """Delete the thumbnail rows, then (after commit) their objects."""
+        with transaction.atomic():
+            thumbnails = self.thumbnails.all()
+            keys = [thumbnail.key for thumbnail in thumbnails]
+            thumbnails.delete()
+            delete_objects_after_commit(keys)
 
     def finish(
         self,

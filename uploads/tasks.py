@@ -10,7 +10,6 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -86,8 +85,13 @@ def settle(task: Any, upload: Upload) -> None:
         logger.exception("processing upload %s failed", upload.pk)
         upload.finish(Status.FAILED, "The file could not be processed; please try again later.")
         return
-    if not upload.finish(Status.READY, **fields) and not was_deleted(upload):
-        discard_if_rejected(upload)
+    if upload.finish(Status.READY, **fields) or was_deleted(upload):
+        return
+    # Rejected meanwhile (its file replaced): a rejected upload keeps nothing,
+    # including the thumbnails this run wrote after the rejection deleted the
+    # others.
+    if Upload.objects.filter(pk=upload.pk, status=Status.REJECTED).exists():
+        upload.discard_thumbnails()
 
 
 def was_deleted(upload: Upload) -> bool:
@@ -102,23 +106,6 @@ def was_deleted(upload: Upload) -> bool:
     prefix = Thumbnail.key_for(upload.pk, "")[: -len(".webp")]
     s3.delete_many([obj["Key"] for obj in s3.iter_objects(prefix)])
     return True
-
-
-def discard_if_rejected(upload: Upload) -> None:
-    """Remove the thumbnails a run wrote for an upload rejected meanwhile.
-
-    An object replaced during processing is rejected by its new event, which
-    deletes the thumbnails made so far; those this run wrote after that must
-    go too, as a rejected upload keeps nothing of its file.
-    """
-    if not Upload.objects.filter(pk=upload.pk, status=Status.REJECTED).exists():
-        return
-    logger.info("upload %s was rejected while it was processed; removing its thumbnails", upload.pk)
-    with transaction.atomic():
-        thumbs = upload.thumbnails.all()
-        keys = [thumb.key for thumb in thumbs]
-        thumbs.delete()
-        delete_objects_after_commit(keys)
 
 
 @shared_task(bind=True, max_retries=MAX_RETRIES)

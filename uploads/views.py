@@ -17,7 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
@@ -280,27 +280,29 @@ def confirm_email(request: HttpRequest, token: str) -> HttpResponse:
 @require_http_methods(["POST"])
 def resend_confirmation(request: HttpRequest) -> HttpResponse:
     user = signed_in_user(request)
-    if UnconfirmedEmail.claim_resend(user, every=RESEND_CONFIRMATION_EVERY):
-        try:
-            send_confirmation_email.delay(user.pk)
-        except (KombuError, OSError):
-            logger.exception("could not queue the confirmation email of user %s", user.pk)
-            UnconfirmedEmail.objects.filter(user=user).update(
-                sent_at=F("sent_at") - RESEND_CONFIRMATION_EVERY, resends=F("resends") - 1
-            )
-            messages.error(request, "The link could not be sent just now; try again in a minute.")
-            return redirect("upload_page")
-        messages.success(request, f"We sent a new link to {user.email}.")
-    elif UnconfirmedEmail.objects.filter(
-        user=user, resends__gte=UnconfirmedEmail.MAX_RESENDS
-    ).exists():
+    unconfirmed = UnconfirmedEmail.objects.filter(user=user).first()
+    if unconfirmed is None:
+        return redirect("upload_page")  # confirmed already
+    if unconfirmed.resends >= UnconfirmedEmail.MAX_RESENDS:
         messages.info(
             request,
             "The link has been sent several times already: look in your inbox and spam "
             "folder, or ask an administrator to confirm your address.",
         )
-    elif UnconfirmedEmail.is_unconfirmed(user):
+    elif not UnconfirmedEmail.claim_resend(user, every=RESEND_CONFIRMATION_EVERY):
         messages.info(request, "We sent a link a moment ago; look in your inbox (and spam folder).")
+    else:
+        try:
+            send_confirmation_email.delay(user.pk)
+        except (KombuError, OSError):
+            logger.exception("could not queue the confirmation email of user %s", user.pk)
+            # Give the claim back, so that asking again works at once.
+            UnconfirmedEmail.objects.filter(user=user).update(
+                sent_at=unconfirmed.sent_at, resends=unconfirmed.resends
+            )
+            messages.error(request, "The link could not be sent just now; try again in a minute.")
+        else:
+            messages.success(request, f"We sent a new link to {user.email}.")
     return redirect("upload_page")
 
 
